@@ -1,0 +1,341 @@
+//! Internal events (SPEC CAP-8). Each struct is one event name; [`Emit::emit`] writes the
+//! JSON log line at the event's level and updates the metrics that go with it.
+//!
+//! Values and secrets are never fields of an event: keys are, values are not.
+
+use crate::metrics::metrics;
+
+/// Something that happened, worth a log line and perhaps a metric.
+pub trait Emit {
+    /// Logs the event and records its metrics.
+    fn emit(self);
+}
+
+/// An HTTP request finished (`REQUEST_COMPLETED`, INFO).
+#[derive(Debug)]
+pub struct RequestCompleted<'a> {
+    /// Correlation id (from `X-Request-Id` or generated).
+    pub request_id: &'a str,
+    /// Consistency mode of the serving gateway (`AP`, `CP`, `QUORUM`).
+    pub mode: &'a str,
+    /// Logical operation (`write`, `read`, `delete`, `health`, …), the metric label.
+    pub operation: &'a str,
+    /// HTTP method.
+    pub method: &'a str,
+    /// Request path (keys are not secret; values never appear in paths of the JSON API).
+    pub path: &'a str,
+    /// Response status code.
+    pub status: u16,
+    /// Time from request received to response ready.
+    pub latency: std::time::Duration,
+}
+
+impl Emit for RequestCompleted<'_> {
+    fn emit(self) {
+        let secs = self.latency.as_secs_f64();
+        let status = self.status.to_string();
+        let m = metrics();
+        m.requests_total
+            .with_label_values(&[self.mode, self.operation, &status])
+            .inc();
+        m.request_latency
+            .with_label_values(&[self.mode, self.operation])
+            .observe(secs);
+        tracing::info!(
+            event = "REQUEST_COMPLETED",
+            request_id = self.request_id,
+            mode = self.mode,
+            method = self.method,
+            path = self.path,
+            status = self.status,
+            latency_ms = format!("{:.2}", secs * 1000.0),
+        );
+    }
+}
+
+/// A service is stopping (`SHUTDOWN_EVENT`, WARNING as in the seed).
+#[derive(Debug)]
+pub struct ShutdownEvent<'a> {
+    /// Service name (`app_cp`, `db_g1`, …).
+    pub service: &'a str,
+    /// What asked it to stop (`SIGTERM`, `SIGINT`, `ctl stop`).
+    pub signal: &'a str,
+    /// `started` when draining begins, `completed` when it is done.
+    pub phase: &'a str,
+    /// In-flight requests or connections at this point.
+    pub in_flight: usize,
+}
+
+impl Emit for ShutdownEvent<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            event = "SHUTDOWN_EVENT",
+            service = self.service,
+            signal = self.signal,
+            phase = self.phase,
+            in_flight = self.in_flight,
+        );
+    }
+}
+
+/// Circuit breaker states (SPEC CAP-5).
+///
+/// The names follow the electrical metaphor: a **CLOSED** circuit lets calls through, an
+/// **OPEN** one refuses them without touching the network, **HALF_OPEN** lets a limited
+/// probe through to decide which of the two comes next. (Linkerd uses "open" for the
+/// opposite; we do not.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls pass; consecutive failures are counted.
+    Closed,
+    /// A limited number of probe calls pass; success closes, failure reopens.
+    HalfOpen,
+    /// Calls fail fast until the open timeout elapses.
+    Open,
+}
+
+impl BreakerState {
+    /// The name used in logs and in `GET /circuit-breaker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "CLOSED",
+            BreakerState::HalfOpen => "HALF_OPEN",
+            BreakerState::Open => "OPEN",
+        }
+    }
+
+    /// The value of the `circuit_breaker_state` gauge.
+    pub fn gauge(self) -> i64 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        }
+    }
+}
+
+/// A breaker changed state (`CIRCUIT_BREAKER`; WARNING when opening, INFO otherwise).
+#[derive(Debug)]
+pub struct CircuitBreakerTransition<'a> {
+    /// Replica name.
+    pub node: &'a str,
+    /// State left.
+    pub from: BreakerState,
+    /// State entered.
+    pub to: BreakerState,
+    /// Consecutive failures counted when the transition happened.
+    pub failures: u32,
+}
+
+impl Emit for CircuitBreakerTransition<'_> {
+    fn emit(self) {
+        let m = metrics();
+        m.circuit_breaker_state
+            .with_label_values(&[self.node])
+            .set(self.to.gauge());
+        m.circuit_breaker_transitions
+            .with_label_values(&[self.node, self.to.as_str()])
+            .inc();
+        if self.to == BreakerState::Open {
+            tracing::warn!(
+                event = "CIRCUIT_BREAKER",
+                node = self.node,
+                state = self.to.as_str(),
+                from = self.from.as_str(),
+                failures = self.failures,
+            );
+        } else {
+            tracing::info!(
+                event = "CIRCUIT_BREAKER",
+                node = self.node,
+                state = self.to.as_str(),
+                from = self.from.as_str(),
+                failures = self.failures,
+            );
+        }
+    }
+}
+
+/// Sets a breaker's gauge without a transition (at start-up, so the metric exists).
+pub fn register_breaker(node: &str) {
+    metrics()
+        .circuit_breaker_state
+        .with_label_values(&[node])
+        .set(BreakerState::Closed.gauge());
+}
+
+/// A call to a replica failed (`DB_CONNECT_FAILURE`, ERROR).
+#[derive(Debug)]
+pub struct DbConnectFailure<'a> {
+    /// Replica name.
+    pub node: &'a str,
+    /// Operation attempted (`get`, `prepare`, …).
+    pub op: &'a str,
+    /// What went wrong (never contains a value).
+    pub error: &'a str,
+}
+
+impl Emit for DbConnectFailure<'_> {
+    fn emit(self) {
+        metrics()
+            .db_connection_failures
+            .with_label_values(&[self.node])
+            .inc();
+        tracing::error!(
+            event = "DB_CONNECT_FAILURE",
+            node = self.node,
+            op = self.op,
+            error = self.error,
+        );
+    }
+}
+
+/// A CP or quorum write was aborted and is guaranteed not applied (`CP_ABORTED`, ERROR).
+#[derive(Debug)]
+pub struct CpAborted<'a> {
+    /// Correlation id.
+    pub request_id: &'a str,
+    /// `CP` or `QUORUM`.
+    pub mode: &'a str,
+    /// The key written.
+    pub key: &'a str,
+    /// The version the write would have had.
+    pub version: &'a str,
+    /// Replicas that acknowledged the prepare.
+    pub acked: usize,
+    /// Acknowledgements required.
+    pub required: usize,
+    /// Why (which replicas failed, or that a resolver aborted it).
+    pub reason: &'a str,
+}
+
+impl Emit for CpAborted<'_> {
+    fn emit(self) {
+        metrics()
+            .quorum_outcomes
+            .with_label_values(&[self.mode, "aborted"])
+            .inc();
+        tracing::error!(
+            event = "CP_ABORTED",
+            request_id = self.request_id,
+            mode = self.mode,
+            key = self.key,
+            version = self.version,
+            acked = self.acked,
+            required = self.required,
+            reason = self.reason,
+        );
+    }
+}
+
+/// A write's outcome could not be determined (`WRITE_OUTCOME_UNKNOWN`, ERROR).
+#[derive(Debug)]
+pub struct WriteOutcomeUnknown<'a> {
+    /// Correlation id.
+    pub request_id: &'a str,
+    /// `CP` or `QUORUM`.
+    pub mode: &'a str,
+    /// The key written.
+    pub key: &'a str,
+    /// The write's version, so an operator can look for it.
+    pub version: &'a str,
+    /// Why the outcome is unknown.
+    pub reason: &'a str,
+}
+
+impl Emit for WriteOutcomeUnknown<'_> {
+    fn emit(self) {
+        metrics()
+            .quorum_outcomes
+            .with_label_values(&[self.mode, "unknown"])
+            .inc();
+        tracing::error!(
+            event = "WRITE_OUTCOME_UNKNOWN",
+            request_id = self.request_id,
+            mode = self.mode,
+            key = self.key,
+            version = self.version,
+            reason = self.reason,
+        );
+    }
+}
+
+/// An AP write succeeded but some replicas missed it (`AP_STALE_RISK`, WARNING).
+#[derive(Debug)]
+pub struct ApStaleRisk<'a> {
+    /// Correlation id.
+    pub request_id: &'a str,
+    /// The key written.
+    pub key: &'a str,
+    /// The write's version.
+    pub version: &'a str,
+    /// Replicas that missed the write (queued for hinted handoff).
+    pub behind: &'a [String],
+}
+
+impl Emit for ApStaleRisk<'_> {
+    fn emit(self) {
+        metrics()
+            .quorum_outcomes
+            .with_label_values(&["AP", "degraded"])
+            .inc();
+        tracing::warn!(
+            event = "AP_STALE_RISK",
+            request_id = self.request_id,
+            key = self.key,
+            version = self.version,
+            behind = ?self.behind,
+        );
+    }
+}
+
+/// A session read could not see its own write (`RYW_VIOLATION`, WARNING).
+#[derive(Debug)]
+pub struct RywViolation<'a> {
+    /// Correlation id.
+    pub request_id: &'a str,
+    /// Consistency mode of the gateway.
+    pub mode: &'a str,
+    /// The key read.
+    pub key: &'a str,
+    /// The version the session wrote.
+    pub required: &'a str,
+    /// The newest version any reachable replica returned.
+    pub seen: &'a str,
+}
+
+impl Emit for RywViolation<'_> {
+    fn emit(self) {
+        metrics().ryw_violations.with_label_values(&[self.mode]).inc();
+        tracing::warn!(
+            event = "RYW_VIOLATION",
+            request_id = self.request_id,
+            mode = self.mode,
+            key = self.key,
+            required = self.required,
+            seen = self.seen,
+        );
+    }
+}
+
+/// A service finished starting and accepts traffic (`SERVICE_STARTED`, INFO).
+#[derive(Debug)]
+pub struct ServiceStarted<'a> {
+    /// Service name.
+    pub service: &'a str,
+    /// Listening address.
+    pub addr: &'a str,
+    /// A short description of the configuration (mode, backend, replicas; no secrets).
+    pub detail: &'a str,
+}
+
+impl Emit for ServiceStarted<'_> {
+    fn emit(self) {
+        tracing::info!(
+            event = "SERVICE_STARTED",
+            service = self.service,
+            addr = self.addr,
+            detail = self.detail,
+        );
+    }
+}

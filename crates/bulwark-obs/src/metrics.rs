@@ -1,0 +1,196 @@
+//! The Prometheus metrics Bulwark exports (SPEC CAP-11), registered once per process.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric a Bulwark process can export. Services only touch the ones they use;
+/// untouched label sets are simply absent from the output.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry all metrics below belong to.
+    pub registry: Registry,
+    /// `app_requests_total{mode,operation,status}`: HTTP requests served by a gateway.
+    pub requests_total: IntCounterVec,
+    /// `app_request_latency_seconds{mode,operation}`: HTTP request latency.
+    pub request_latency: HistogramVec,
+    /// `circuit_breaker_state{node}`: 0 CLOSED, 1 HALF_OPEN, 2 OPEN.
+    pub circuit_breaker_state: IntGaugeVec,
+    /// `circuit_breaker_transitions_total{node,state}`: transitions into each state.
+    pub circuit_breaker_transitions: IntCounterVec,
+    /// `data_staleness_ms{node}`: staleness of the replica in the last read that saw it.
+    pub data_staleness_ms: IntGaugeVec,
+    /// `db_connection_failures_total{node}`: failed calls to a replica.
+    pub db_connection_failures: IntCounterVec,
+    /// `replication_lag_ms{node}`: age of the oldest hint queued for a replica.
+    pub replication_lag_ms: IntGaugeVec,
+    /// `hint_queue_depth{node}`: writes a replica missed and that wait for handoff.
+    pub hint_queue_depth: IntGaugeVec,
+    /// `quorum_outcomes_total{mode,outcome}`: committed, aborted, unknown, degraded.
+    pub quorum_outcomes: IntCounterVec,
+    /// `replica_call_latency_seconds{node,op}`: latency of calls to replicas.
+    pub replica_call_latency: HistogramVec,
+    /// `ryw_violations_total`: reads that could not honour read-your-writes.
+    pub ryw_violations: IntCounterVec,
+    /// `node_commands_total{command}`: RESP commands served by a storage node.
+    pub node_commands: IntCounterVec,
+    /// `node_fsync_seconds`: duration of storage fsyncs (group commits).
+    pub node_fsync: Histogram,
+}
+
+/// Buckets from 100 µs to 10 s: fine enough to see a 1 ms p99.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let m = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric definition");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let node_fsync = Histogram::with_opts(
+            HistogramOpts::new("node_fsync_seconds", "Duration of storage group-commit fsyncs.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(node_fsync.clone()))
+            .expect("metric registered once");
+        Metrics {
+            requests_total: counter(
+                &registry,
+                "app_requests_total",
+                "HTTP requests served, by consistency mode, operation and status code.",
+                &["mode", "operation", "status"],
+            ),
+            request_latency: histogram(
+                &registry,
+                "app_request_latency_seconds",
+                "HTTP request latency in seconds.",
+                &["mode", "operation"],
+            ),
+            circuit_breaker_state: gauge(
+                &registry,
+                "circuit_breaker_state",
+                "Circuit breaker state per replica: 0 CLOSED, 1 HALF_OPEN, 2 OPEN.",
+                &["node"],
+            ),
+            circuit_breaker_transitions: counter(
+                &registry,
+                "circuit_breaker_transitions_total",
+                "Circuit breaker transitions per replica and target state.",
+                &["node", "state"],
+            ),
+            data_staleness_ms: gauge(
+                &registry,
+                "data_staleness_ms",
+                "Staleness of each replica in the most recent read, in milliseconds.",
+                &["node"],
+            ),
+            db_connection_failures: counter(
+                &registry,
+                "db_connection_failures_total",
+                "Failed calls to a replica (connect, timeout, protocol error).",
+                &["node"],
+            ),
+            replication_lag_ms: gauge(
+                &registry,
+                "replication_lag_ms",
+                "Age of the oldest write a replica missed and has not yet received, in ms.",
+                &["node"],
+            ),
+            hint_queue_depth: gauge(
+                &registry,
+                "hint_queue_depth",
+                "Writes a replica missed that wait for hinted handoff.",
+                &["node"],
+            ),
+            quorum_outcomes: counter(
+                &registry,
+                "quorum_outcomes_total",
+                "Outcomes of replicated writes: committed, degraded, aborted, unknown.",
+                &["mode", "outcome"],
+            ),
+            replica_call_latency: histogram(
+                &registry,
+                "replica_call_latency_seconds",
+                "Latency of calls from a gateway to a replica, in seconds.",
+                &["node", "op"],
+            ),
+            ryw_violations: counter(
+                &registry,
+                "ryw_violations_total",
+                "Reads that returned a version older than the session's own write.",
+                &["mode"],
+            ),
+            node_commands: counter(
+                &registry,
+                "node_commands_total",
+                "RESP commands served by a storage node.",
+                &["command"],
+            ),
+            node_fsync,
+            registry,
+        }
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// All metrics in the Prometheus text exposition format.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let families = metrics().registry.gather();
+    // Encoding into a Vec cannot fail for the text format.
+    let _ = TextEncoder::new().encode(&families, &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_seed_metric_names() {
+        let m = metrics();
+        m.requests_total.with_label_values(&["AP", "write", "200"]).inc();
+        m.circuit_breaker_state.with_label_values(&["db_g2"]).set(2);
+        let text = render();
+        assert!(text.contains(r#"app_requests_total{mode="AP",operation="write",status="200"} 1"#));
+        assert!(text.contains(r#"circuit_breaker_state{node="db_g2"} 2"#));
+    }
+}
