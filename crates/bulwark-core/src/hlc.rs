@@ -69,7 +69,9 @@ impl FromStr for Version {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || VersionParseError(s.chars().take(40).collect());
         if s.len() != VERSION_WIRE_LEN
-            || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(bad());
         }
@@ -264,12 +266,20 @@ mod tests {
             ..a
         };
         assert!(a < b);
-        assert!(a.to_string() < b.to_string(), "text order must match numeric order");
+        assert!(
+            a.to_string() < b.to_string(),
+            "text order must match numeric order"
+        );
     }
 
     #[test]
     fn rejects_malformed_versions() {
-        for bad in ["", "xyz", "00000000000000000000000G", "0000000000000000000000000"] {
+        for bad in [
+            "",
+            "xyz",
+            "00000000000000000000000G",
+            "0000000000000000000000000",
+        ] {
             assert!(bad.parse::<Version>().is_err(), "{bad:?} parsed");
         }
         assert!("0000000000000000000000AA".parse::<Version>().is_err());

@@ -16,4 +16,4 @@ mod hlc;
 mod record;
 
 pub use hlc::{ClockSource, Hlc, ManualClock, SystemClock, Version, VersionParseError};
-pub use record::{Limits, LimitError, PendingRef, Record, ReplicaState};
+pub use record::{LimitError, Limits, PendingRef, Record, ReplicaState};

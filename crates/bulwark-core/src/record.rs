@@ -38,9 +38,7 @@ pub struct ReplicaState {
 impl ReplicaState {
     /// The committed version, or [`Version::ZERO`] for a key never written.
     pub fn committed_version(&self) -> Version {
-        self.committed
-            .as_ref()
-            .map_or(Version::ZERO, |r| r.version)
+        self.committed.as_ref().map_or(Version::ZERO, |r| r.version)
     }
 }
 

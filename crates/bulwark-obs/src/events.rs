@@ -306,7 +306,10 @@ pub struct RywViolation<'a> {
 
 impl Emit for RywViolation<'_> {
     fn emit(self) {
-        metrics().ryw_violations.with_label_values(&[self.mode]).inc();
+        metrics()
+            .ryw_violations
+            .with_label_values(&[self.mode])
+            .inc();
         tracing::warn!(
             event = "RYW_VIOLATION",
             request_id = self.request_id,

@@ -4,7 +4,9 @@ use tracing_subscriber::EnvFilter;
 
 /// Log levels accepted in `LOG_LEVEL` (case-insensitive; `WARNING` is an alias of `WARN`,
 /// as the seeds use Python's names).
-pub const LEVELS: &[&str] = &["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL"];
+pub const LEVELS: &[&str] = &[
+    "TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL",
+];
 
 /// Maps a `LOG_LEVEL` value to a tracing level name, or `None` if it is not a level.
 pub fn parse_level(level: &str) -> Option<&'static str> {

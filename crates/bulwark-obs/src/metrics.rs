@@ -79,8 +79,11 @@ impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
         let node_fsync = Histogram::with_opts(
-            HistogramOpts::new("node_fsync_seconds", "Duration of storage group-commit fsyncs.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "node_fsync_seconds",
+                "Duration of storage group-commit fsyncs.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric definition");
         registry
@@ -187,7 +190,9 @@ mod tests {
     #[test]
     fn renders_the_seed_metric_names() {
         let m = metrics();
-        m.requests_total.with_label_values(&["AP", "write", "200"]).inc();
+        m.requests_total
+            .with_label_values(&["AP", "write", "200"])
+            .inc();
         m.circuit_breaker_state.with_label_values(&["db_g2"]).set(2);
         let text = render();
         assert!(text.contains(r#"app_requests_total{mode="AP",operation="write",status="200"} 1"#));
