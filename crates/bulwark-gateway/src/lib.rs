@@ -1,1 +1,217 @@
-//! Placeholder; filled in by the crate owner.
+//! `bulwark gateway`: the CAP service (SPEC CAP-1 … CAP-12).
+//!
+//! An HTTP key-value gateway over N replicas (`bulwark node`s or real Redis servers).
+//! Each request runs in a consistency [`mode::Mode`] (the gateway's, or the one the request
+//! asks for): AP writes succeed on one acknowledgement and hand off the rest; CP and quorum
+//! writes use two-phase commit decided at a coordinator replica, so a 503 `CP_ABORTED`
+//! always means "not applied" (see `docs/ARCHITECTURE.md`).
+//!
+//! Code map: [`config`] (settings), [`engine`] (the protocol), [`replicas`] (clients +
+//! breakers), [`hints`] (hinted handoff), [`staleness`] (CAP-6), [`session`] (CAP-7),
+//! [`http`] (the HTTP surface, the only module that knows HTTP).
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+pub mod hints;
+pub mod http;
+pub mod mode;
+pub mod replicas;
+pub mod session;
+pub mod staleness;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bulwark_config::Settings;
+use bulwark_obs::events::{Emit, ServiceStarted, ShutdownEvent};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::GatewayConfig;
+use crate::engine::Engine;
+use crate::http::AppState;
+use crate::session::SessionCodec;
+
+/// Command-line flags of `bulwark gateway`. Each overrides the setting of the same name
+/// (environment, `.env`, config file); see `.env.example` for all settings.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GatewayArgs {
+    /// Consistency mode: ap, cp or quorum (setting MODE).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Port to listen on (setting PORT; default 5001/5002/5003 by mode).
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Address to bind (setting BIND; default 127.0.0.1).
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Service name in logs (setting GATEWAY_NAME; default app_<mode>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Replicas as name=host:port,… in preference order (setting REPLICAS).
+    #[arg(long)]
+    pub replicas: Option<String>,
+    /// Replica kind: bulwark or redis (setting BACKEND).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// A TOML config file with the same settings (setting BULWARK_CONFIG).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    /// The merged settings: flags over environment over `.env` over the config file.
+    pub fn settings(&self) -> Result<Settings, bulwark_config::ConfigError> {
+        let file = self.config.clone().or_else(|| std::env::var_os("BULWARK_CONFIG").map(PathBuf::from));
+        let mut s = Settings::load(file.as_deref())?;
+        let flags = [
+            ("MODE", &self.mode),
+            ("PORT", &self.port),
+            ("BIND", &self.bind),
+            ("GATEWAY_NAME", &self.name),
+            ("REPLICAS", &self.replicas),
+            ("BACKEND", &self.backend),
+        ];
+        for (name, value) in flags {
+            if let Some(v) = value {
+                s.set(name, v.clone());
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Validates the configuration (an error names the setting; nothing has started), sets
+/// up logging, binds and serves until `shutdown` resolves.
+pub async fn run(args: GatewayArgs, shutdown: impl Future<Output = String> + Send + 'static) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let log_level = settings.get("LOG_LEVEL").unwrap_or("INFO").to_string();
+    if bulwark_obs::logging::parse_level(&log_level).is_none() {
+        return Err(bulwark_config::ConfigError::invalid(
+            "LOG_LEVEL",
+            &log_level,
+            "expected one of DEBUG, INFO, WARNING, ERROR",
+        )
+        .into());
+    }
+    let config = GatewayConfig::from_settings(&settings)?;
+    bulwark_obs::logging::init(&log_level);
+    let listener = TcpListener::bind((config.bind.as_str(), config.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{} (setting PORT)", config.bind, config.port))?;
+    serve(listener, config, shutdown).await
+}
+
+/// Serves on an already-bound listener until `shutdown` resolves, then drains in-flight
+/// requests (bounded by `SHUTDOWN_TIMEOUT_SEC`), delivers queued hints, logs
+/// `SHUTDOWN_EVENT` and returns.
+pub async fn serve(
+    listener: TcpListener,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = String> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    if config.secret_is_default {
+        tracing::warn!(
+            event = "INSECURE_DEFAULT",
+            setting = "SECRET_KEY",
+            message = "SECRET_KEY is unset: using the development key; set it (and ENVIRONMENT=production) outside development",
+        );
+    }
+    let state = Arc::new(AppState {
+        sessions: SessionCodec::new(&config.secret_key),
+        engine: Engine::new(config),
+    });
+    let config = &state.engine.config;
+    let detail = format!(
+        "mode={} backend={:?} replicas={} timeout_ms={} max_staleness_ms={}",
+        config.mode,
+        config.backend,
+        config.replicas.iter().map(|r| format!("{}={}", r.name, r.addr)).collect::<Vec<_>>().join(","),
+        config.network_timeout.as_millis(),
+        config.max_staleness_ms,
+    );
+    ServiceStarted {
+        service: &config.name,
+        addr: &addr.to_string(),
+        detail: &detail,
+    }
+    .emit();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = tokio::spawn(background(state.clone(), stop_rx.clone()));
+
+    // The shutdown signal: remember why, start the drain deadline.
+    let (signal_tx, mut signal_rx) = watch::channel(None::<String>);
+    let name = config.name.clone();
+    let graceful = {
+        let mut signal_rx = signal_rx.clone();
+        async move {
+            let _ = signal_rx.wait_for(Option::is_some).await;
+        }
+    };
+    tokio::spawn(async move {
+        let reason = shutdown.await;
+        ShutdownEvent {
+            service: &name,
+            signal: &reason,
+            phase: "started",
+            in_flight: 0,
+        }
+        .emit();
+        let _ = signal_tx.send(Some(reason));
+    });
+
+    let app = http::router(state.clone());
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let deadline = config.shutdown_timeout;
+    let drain_deadline = async {
+        let _ = signal_rx.wait_for(Option::is_some).await;
+        tokio::time::sleep(deadline).await;
+    };
+    tokio::select! {
+        res = server => res.context("HTTP server failed")?,
+        () = drain_deadline => tracing::warn!(event = "SHUTDOWN_DEADLINE", message = "in-flight requests did not finish in time"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = background.await;
+    let left = state.engine.flush_hints(deadline.min(Duration::from_secs(5))).await;
+    if left > 0 {
+        tracing::warn!(event = "HINTS_UNDELIVERED", hints = left);
+    }
+    let reason = signal_rx.borrow().clone().unwrap_or_default();
+    ShutdownEvent {
+        service: &config.name,
+        signal: &reason,
+        phase: "completed",
+        in_flight: 0,
+    }
+    .emit();
+    Ok(())
+}
+
+/// Background work until stopped: replica health probes (which also close breakers when
+/// a replica comes back) and hinted handoff.
+async fn background(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let engine = &state.engine;
+    let mut probe = tokio::time::interval(engine.config.health_interval);
+    let mut handoff = tokio::time::interval(Duration::from_millis(200));
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    handoff.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = probe.tick() => engine.probe().await,
+            _ = handoff.tick() => {
+                if engine.hints.total() > 0 {
+                    engine.handoff_round().await;
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,79 @@
-fn main() {}
+//! The `bulwark` binary: parses flags and hands over to one crate's `run`. No logic lives
+//! here (see docs/ARCHITECTURE.md).
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Bulwark: a production-hardened data platform on one machine.
+#[derive(Parser, Debug)]
+#[command(name = "bulwark", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local cluster: replicas db_g1, db_g2 (…), gateways app_ap :5001, app_cp :5002
+    /// (app_quorum :5003 with 3+ replicas), supervised, with a control API on :7070.
+    Up(bulwark_cluster::UpArgs),
+    /// Run one storage replica (RESP; redis-cli works against it).
+    Node(bulwark_node::NodeArgs),
+    /// Run one CAP gateway (HTTP) over a set of replicas.
+    Gateway(bulwark_gateway::GatewayArgs),
+    /// Control a cluster started by `bulwark up`: status, stop, start, kill, restart, logs.
+    Ctl(bulwark_cluster::CtlArgs),
+    /// Load generators with HDR histograms.
+    Bench(bulwark_bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bulwark: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => bulwark_cluster::run_up(args, shutdown_signal()).await.map(|()| ExitCode::SUCCESS),
+            Command::Node(args) => {
+                bulwark_obs::logging::init(&std::env::var("LOG_LEVEL").unwrap_or_else(|_| "INFO".into()));
+                bulwark_node::run(args, shutdown_signal()).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Gateway(args) => bulwark_gateway::run(args, shutdown_signal()).await.map(|()| ExitCode::SUCCESS),
+            Command::Ctl(args) => bulwark_cluster::run_ctl(args).await,
+            Command::Bench(args) => bulwark_bench::run(args).await.map(|()| ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line that names what is wrong (for config errors, the setting).
+            eprintln!("bulwark: {e:#}");
+            if e.downcast_ref::<bulwark_config::ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Resolves with the name of the first SIGTERM or SIGINT received.
+async fn shutdown_signal() -> String {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process can still be stopped by SIGKILL.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM".to_string(),
+        _ = int.recv() => "SIGINT".to_string(),
+    }
+}

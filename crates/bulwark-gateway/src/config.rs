@@ -1,0 +1,234 @@
+//! The gateway's configuration (SPEC CAP-12), resolved from [`bulwark_config::Settings`].
+
+use std::time::Duration;
+
+use bulwark_config::{ConfigError, Environment, Settings};
+use bulwark_core::Limits;
+use bulwark_replica::{Dialect, ReplicaSpec};
+use bulwark_resilience::breaker::BreakerConfig;
+
+use crate::mode::Mode;
+
+/// The example secret shipped in `.env.example`; refused in production.
+pub const EXAMPLE_SECRET_KEY: &str = "change-me-to-a-64-hex-char-secret";
+
+/// The secret used in development when `SECRET_KEY` is unset. Shared by every gateway
+/// started in development so read-your-writes works across them; refused in production.
+const DEV_SECRET_KEY: &str = "bulwark-development-only-insecure-secret-key";
+
+/// Everything a gateway needs to run. Every field is resolved and validated before the
+/// gateway binds a port.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Service name in logs and `bulwark ctl` (`app_ap`, `app_cp`, …). `GATEWAY_NAME`.
+    pub name: String,
+    /// Default consistency mode for requests that do not choose one. `MODE`.
+    pub mode: Mode,
+    /// Address to listen on. `BIND` (default 127.0.0.1) and `PORT` (default by mode).
+    pub bind: String,
+    /// Port to listen on; 0 picks a free one (tests).
+    pub port: u16,
+    /// The replicas, in preference order (the first is the primary). `REPLICAS`.
+    pub replicas: Vec<ReplicaSpec>,
+    /// What the replicas are: `bulwark` nodes or real `redis` servers. `BACKEND`.
+    pub backend: Dialect,
+    /// Bound on every call to a replica. `NETWORK_TIMEOUT_SEC` (default 0.2).
+    pub network_timeout: Duration,
+    /// Staleness above which a read reports `INCONSISTENT/STALE`. `MAX_STALENESS_MS`.
+    pub max_staleness_ms: u64,
+    /// Circuit breaker settings (`CB_FAILURE_THRESHOLD`, `CB_OPEN_TIMEOUT_SEC`).
+    pub breaker: BreakerConfig,
+    /// Signs read-your-writes session cookies. `SECRET_KEY`.
+    pub secret_key: Vec<u8>,
+    /// Whether the secret is the insecure development default.
+    pub secret_is_default: bool,
+    /// `ENVIRONMENT`.
+    pub environment: Environment,
+    /// Key and value size limits. `MAX_KEY_BYTES`, `MAX_VALUE_BYTES`.
+    pub limits: Limits,
+    /// This gateway's HLC writer id. `GATEWAY_ID` (default: random).
+    pub writer_id: u32,
+    /// Time allowed to drain in-flight requests and hints on shutdown.
+    /// `SHUTDOWN_TIMEOUT_SEC` (default 10).
+    pub shutdown_timeout: Duration,
+    /// Interval of the background replica health probe. `HEALTH_INTERVAL_SEC` (default 1).
+    pub health_interval: Duration,
+    /// Age after which an undecided prepared write may be aborted by a resolver.
+    /// `IN_DOUBT_TIMEOUT_MS` (default: 10 × network timeout, at least 2 s).
+    pub in_doubt_timeout: Duration,
+    /// Hints kept per replica before the oldest are dropped. `MAX_HINTS` (default 100000).
+    pub max_hints: usize,
+}
+
+impl GatewayConfig {
+    /// The longest a prepare phase may take before the writer must abort instead of
+    /// committing: half the in-doubt timeout, so resolvers (which wait the full in-doubt
+    /// timeout) never race a writer that could still commit.
+    pub fn prepare_deadline(&self) -> Duration {
+        self.in_doubt_timeout / 2
+    }
+
+    /// Resolves and validates the configuration.
+    pub fn from_settings(s: &Settings) -> Result<GatewayConfig, ConfigError> {
+        let mode: Mode = s.parse_or("MODE", Mode::Ap)?;
+        let environment: Environment = s.parse_or("ENVIRONMENT", Environment::Development)?;
+        let raw_replicas = s.get("REPLICAS").unwrap_or("db_g1=127.0.0.1:6401,db_g2=127.0.0.1:6402");
+        let replicas = ReplicaSpec::parse_list(raw_replicas)
+            .map_err(|e| ConfigError::invalid("REPLICAS", raw_replicas, e.to_string()))?;
+        if replicas.is_empty() {
+            return Err(ConfigError::invalid("REPLICAS", raw_replicas, "at least one replica is required"));
+        }
+        if mode == Mode::Quorum && replicas.len() < 3 {
+            return Err(ConfigError::invalid(
+                "MODE",
+                "quorum",
+                format!("quorum mode needs at least 3 replicas; REPLICAS has {}", replicas.len()),
+            ));
+        }
+        let network_timeout =
+            s.seconds_or("NETWORK_TIMEOUT_SEC", Duration::from_millis(200), Duration::from_secs(60))?;
+        let (secret_key, secret_is_default) = match s.get("SECRET_KEY") {
+            Some(k) if environment == Environment::Production && k == EXAMPLE_SECRET_KEY => {
+                return Err(ConfigError::invalid(
+                    "SECRET_KEY",
+                    "<redacted>",
+                    "the example value from .env.example is refused in production; generate one with `openssl rand -hex 32`",
+                ));
+            }
+            Some(k) if environment == Environment::Production && k.len() < 32 => {
+                return Err(ConfigError::invalid(
+                    "SECRET_KEY",
+                    "<redacted>",
+                    "must be at least 32 characters in production",
+                ));
+            }
+            Some(k) => (k.as_bytes().to_vec(), false),
+            None if environment == Environment::Production => {
+                return Err(ConfigError::Missing {
+                    setting: "SECRET_KEY".into(),
+                    reason: "required when ENVIRONMENT=production (signs session cookies)".into(),
+                });
+            }
+            None => (DEV_SECRET_KEY.as_bytes().to_vec(), true),
+        };
+        let in_doubt_default = (network_timeout * 10).max(Duration::from_secs(2));
+        let in_doubt_ms: u64 = s.int_in(
+            "IN_DOUBT_TIMEOUT_MS",
+            in_doubt_default.as_millis() as u64,
+            1..=3_600_000,
+        )?;
+        let in_doubt_timeout = Duration::from_millis(in_doubt_ms);
+        if in_doubt_timeout < network_timeout * 4 {
+            return Err(ConfigError::invalid(
+                "IN_DOUBT_TIMEOUT_MS",
+                &in_doubt_ms.to_string(),
+                "must be at least 4 × NETWORK_TIMEOUT_SEC (a prepare phase must fit in half of it)",
+            ));
+        }
+        let limits = Limits {
+            max_key_bytes: s.int_in("MAX_KEY_BYTES", 1024usize, 1..=65_536)?,
+            max_value_bytes: s.int_in("MAX_VALUE_BYTES", 1024 * 1024usize, 1..=64 * 1024 * 1024)?,
+        };
+        let name = s
+            .get("GATEWAY_NAME")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("app_{}", mode.as_str().to_ascii_lowercase()));
+        Ok(GatewayConfig {
+            name,
+            mode,
+            bind: s.get("BIND").unwrap_or("127.0.0.1").to_string(),
+            port: s.parse_or("PORT", mode.default_port())?,
+            replicas,
+            backend: s.parse_or("BACKEND", Dialect::Bulwark)?,
+            network_timeout,
+            max_staleness_ms: s.int_in("MAX_STALENESS_MS", 500u64, 1..=86_400_000)?,
+            breaker: BreakerConfig {
+                failure_threshold: s.int_in("CB_FAILURE_THRESHOLD", 3u32, 1..=1000)?,
+                open_timeout: s.seconds_or(
+                    "CB_OPEN_TIMEOUT_SEC",
+                    Duration::from_secs(10),
+                    Duration::from_secs(3600),
+                )?,
+                half_open_max_probes: 1,
+            },
+            secret_key,
+            secret_is_default,
+            environment,
+            limits,
+            writer_id: s.parse_or("GATEWAY_ID", rand::random::<u32>())?,
+            shutdown_timeout: s.seconds_or(
+                "SHUTDOWN_TIMEOUT_SEC",
+                Duration::from_secs(10),
+                Duration::from_secs(600),
+            )?,
+            health_interval: s.seconds_or(
+                "HEALTH_INTERVAL_SEC",
+                Duration::from_secs(1),
+                Duration::from_secs(600),
+            )?,
+            in_doubt_timeout,
+            max_hints: s.int_in("MAX_HINTS", 100_000usize, 1..=10_000_000)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::from_settings(&Settings::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.mode, Mode::Ap);
+        assert_eq!(c.port, 5001);
+        assert_eq!(c.network_timeout, Duration::from_millis(200));
+        assert_eq!(c.max_staleness_ms, 500);
+        assert_eq!(c.breaker.failure_threshold, 3);
+        assert_eq!(c.breaker.open_timeout, Duration::from_secs(10));
+        assert_eq!(c.replicas.len(), 2);
+        assert!(c.secret_is_default);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        for (k, v) in [
+            ("MODE", "eventual"),
+            ("NETWORK_TIMEOUT_SEC", "fast"),
+            ("CB_FAILURE_THRESHOLD", "0"),
+            ("REPLICAS", "db_g1"),
+            ("PORT", "99999"),
+            ("BACKEND", "mongo"),
+        ] {
+            let e = cfg(&[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_missing_or_example_secrets() {
+        let e = cfg(&[("ENVIRONMENT", "production")]).unwrap_err().to_string();
+        assert!(e.contains("SECRET_KEY"), "{e}");
+        let e = cfg(&[("ENVIRONMENT", "production"), ("SECRET_KEY", EXAMPLE_SECRET_KEY)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SECRET_KEY") && !e.contains(EXAMPLE_SECRET_KEY), "{e}");
+        let ok = cfg(&[("ENVIRONMENT", "production"), ("SECRET_KEY", &"a".repeat(64))]).unwrap();
+        assert!(!ok.secret_is_default);
+    }
+
+    #[test]
+    fn quorum_needs_three_replicas() {
+        let e = cfg(&[("MODE", "quorum")]).unwrap_err().to_string();
+        assert!(e.contains("MODE"), "{e}");
+        let c = cfg(&[
+            ("MODE", "quorum"),
+            ("REPLICAS", "a=127.0.0.1:1,b=127.0.0.1:2,c=127.0.0.1:3"),
+        ])
+        .unwrap();
+        assert_eq!(c.port, 5003);
+    }
+}

@@ -1,0 +1,768 @@
+//! Replicated reads and writes: the consistency protocol of `docs/ARCHITECTURE.md`.
+//!
+//! This module knows nothing about HTTP. It turns "write this key in CP mode" into
+//! replica calls and returns a typed outcome; `http` maps outcomes to status codes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_core::{Hlc, PendingRef, Record, ReplicaState, Version};
+use bulwark_obs::events::{ApStaleRisk, CpAborted, Emit, RywViolation, WriteOutcomeUnknown};
+use bulwark_obs::metrics::metrics;
+use bulwark_replica::{PrepareReply, ReplicaClient};
+use bytes::Bytes;
+use futures::future::join_all;
+use tokio::sync::Semaphore;
+
+use crate::config::GatewayConfig;
+use crate::hints::Hints;
+use crate::mode::Mode;
+use crate::replicas::{CallError, Replica, ReplicaSet};
+use crate::staleness::{self, Observation};
+
+/// Background repairs (read repair, resolution of undecided writes) running at once.
+/// Beyond this, a read skips scheduling repair rather than queueing unbounded work.
+const MAX_BACKGROUND_REPAIRS: usize = 64;
+
+/// Times a CP/quorum write is retried with a fresh version after a replica reported a
+/// newer committed version (`STALE`) or too many undecided writes (`BUSY`).
+const MAX_WRITE_ATTEMPTS: usize = 3;
+
+/// Hints delivered per replica per handoff round.
+const HANDOFF_BATCH: usize = 256;
+
+/// The outcome of a replicated write.
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    /// The write is committed (and durable on the replicas in `acked`).
+    Committed {
+        /// Its version.
+        version: Version,
+        /// Replicas that acknowledged it.
+        acked: Vec<String>,
+        /// Replicas that missed it and will receive it by hinted handoff.
+        behind: Vec<String>,
+        /// The replica that decided the commit (CP and quorum).
+        coordinator: Option<String>,
+    },
+    /// The write was not applied anywhere and never will be (HTTP 503 `CP_ABORTED`).
+    Aborted {
+        /// The version it would have had.
+        version: Version,
+        /// Acknowledgements received.
+        acked: usize,
+        /// Acknowledgements required.
+        required: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing could be sent: every replica's breaker is OPEN or refused the
+    /// connection (AP, HTTP 503 `UNAVAILABLE`); the write was not applied.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// The write may or may not have been applied (HTTP 504, `outcome: unknown`).
+    Unknown {
+        /// Its version, so the client can look for it.
+        version: Version,
+        /// Why the outcome cannot be known.
+        reason: String,
+    },
+}
+
+/// One replica's part in a read.
+#[derive(Debug, Clone)]
+pub struct ReplicaView {
+    /// Replica name.
+    pub name: String,
+    /// Whether it answered.
+    pub reachable: bool,
+    /// Its committed version, if it answered and holds the key.
+    pub version: Option<Version>,
+    /// Staleness in ms, when known.
+    pub staleness_ms: Option<u64>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
+/// The result of a read.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// The committed record returned (`None`: the key does not exist).
+    pub record: Option<Record>,
+    /// The replica the value came from.
+    pub source: Option<String>,
+    /// Every replica's view, in configured order.
+    pub replicas: Vec<ReplicaView>,
+    /// `Consistency_Status`.
+    pub status: &'static str,
+    /// Whether the read honoured the session's own writes (`RYW_Consistent`).
+    pub ryw_consistent: bool,
+}
+
+/// Why a read could not be answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// Too few replicas answered, or an undecided write could not be resolved.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The replicated key-value engine of one gateway.
+#[derive(Debug)]
+pub struct Engine {
+    /// Settings.
+    pub config: GatewayConfig,
+    /// The replicas with their breakers.
+    pub set: ReplicaSet,
+    /// This gateway's clock; versions every write.
+    pub hlc: Hlc,
+    /// Writes replicas missed.
+    pub hints: Hints,
+    /// Bounds background repair work.
+    repairs: Arc<Semaphore>,
+}
+
+/// `(replica index, its answer)` for the replicas that answered a read.
+type Answers = Vec<(usize, ReplicaState)>;
+
+impl Engine {
+    /// Builds the engine: clients for every replica, breakers, clock, hint queues.
+    pub fn new(config: GatewayConfig) -> Self {
+        let clients = config
+            .replicas
+            .iter()
+            .map(|spec| ReplicaClient::new(spec.clone(), config.backend, config.network_timeout))
+            .collect();
+        let set = ReplicaSet::new(clients, config.breaker);
+        let names = set.replicas.iter().map(|r| r.name().to_string()).collect();
+        Engine {
+            hlc: Hlc::new(config.writer_id, Default::default()),
+            hints: Hints::new(names, config.max_hints),
+            set,
+            config,
+            repairs: Arc::new(Semaphore::new(MAX_BACKGROUND_REPAIRS)),
+        }
+    }
+
+    fn names(&self, idx: impl IntoIterator<Item = usize>) -> Vec<String> {
+        idx.into_iter()
+            .map(|i| self.set.replicas[i].name().to_string())
+            .collect()
+    }
+
+    /// Writes `value` (`None` deletes) under `mode`.
+    pub async fn write(
+        &self,
+        key: &[u8],
+        value: Option<Bytes>,
+        mode: Mode,
+        request_id: &str,
+    ) -> WriteOutcome {
+        let outcome = match mode {
+            Mode::Ap => self.write_ap(key, value).await,
+            Mode::Cp | Mode::Quorum => self.write_2pc(key, value, mode).await,
+        };
+        let key_text = String::from_utf8_lossy(key);
+        match &outcome {
+            WriteOutcome::Committed {
+                version, behind, ..
+            } => {
+                metrics()
+                    .quorum_outcomes
+                    .with_label_values(&[mode.as_str(), "committed"])
+                    .inc();
+                if !behind.is_empty() {
+                    ApStaleRisk {
+                        request_id,
+                        key: &key_text,
+                        version: &version.to_string(),
+                        behind,
+                    }
+                    .emit();
+                }
+            }
+            WriteOutcome::Aborted {
+                version,
+                acked,
+                required,
+                reason,
+            } => CpAborted {
+                request_id,
+                mode: mode.as_str(),
+                key: &key_text,
+                version: &version.to_string(),
+                acked: *acked,
+                required: *required,
+                reason,
+            }
+            .emit(),
+            WriteOutcome::Unknown { version, reason } => WriteOutcomeUnknown {
+                request_id,
+                mode: mode.as_str(),
+                key: &key_text,
+                version: &version.to_string(),
+                reason,
+            }
+            .emit(),
+            WriteOutcome::Unavailable { .. } => {
+                metrics()
+                    .quorum_outcomes
+                    .with_label_values(&[mode.as_str(), "unavailable"])
+                    .inc();
+            }
+        }
+        outcome
+    }
+
+    /// AP: last-write-wins put to every replica; success when one acknowledges.
+    async fn write_ap(&self, key: &[u8], value: Option<Bytes>) -> WriteOutcome {
+        let version = self.hlc.now();
+        let calls = self.set.replicas.iter().map(|r| {
+            self.set
+                .call(r, "put", r.client.put(key, version, value.as_deref()))
+        });
+        let results = join_all(calls).await;
+        let mut acked = Vec::new();
+        let mut behind = Vec::new();
+        let mut maybe_applied = false;
+        let mut errors = Vec::new();
+        for (i, res) in results.into_iter().enumerate() {
+            match res {
+                Ok(reply) => {
+                    self.hlc.observe(reply.committed);
+                    acked.push(i);
+                }
+                Err(e) => {
+                    maybe_applied |= !e.certainly_not_applied();
+                    errors.push(format!("{}: {e}", self.set.replicas[i].name()));
+                    self.hints.add(i, key, version, value.clone());
+                    behind.push(i);
+                }
+            }
+        }
+        if acked.is_empty() {
+            let reason = format!("no replica acknowledged ({})", errors.join("; "));
+            return if maybe_applied {
+                WriteOutcome::Unknown { version, reason }
+            } else {
+                WriteOutcome::Unavailable { reason }
+            };
+        }
+        WriteOutcome::Committed {
+            version,
+            acked: self.names(acked),
+            behind: self.names(behind),
+            coordinator: None,
+        }
+    }
+
+    /// CP and quorum: two-phase commit decided at the coordinator replica.
+    async fn write_2pc(&self, key: &[u8], value: Option<Bytes>, mode: Mode) -> WriteOutcome {
+        let required = mode.write_quorum(self.set.len());
+        let mut last = None;
+        for _attempt in 0..MAX_WRITE_ATTEMPTS {
+            // Fail fast, without touching the network, when the breakers already say the
+            // quorum cannot be reached (SPEC CAP-5).
+            let callable = self.set.callable();
+            let Some(coordinator) = self.set.replicas.iter().find(|r| !r.rejecting()) else {
+                return WriteOutcome::Aborted {
+                    version: self.hlc.now(),
+                    acked: 0,
+                    required,
+                    reason: "every replica's circuit breaker is OPEN".into(),
+                };
+            };
+            if callable < required {
+                let open: Vec<_> = self
+                    .set
+                    .replicas
+                    .iter()
+                    .filter(|r| r.rejecting())
+                    .map(|r| r.name())
+                    .collect();
+                return WriteOutcome::Aborted {
+                    version: self.hlc.now(),
+                    acked: 0,
+                    required,
+                    reason: format!("circuit breaker OPEN for {}", open.join(", ")),
+                };
+            }
+            let version = self.hlc.now();
+            let started = tokio::time::Instant::now();
+            let coord_name = coordinator.name();
+            let calls = self.set.replicas.iter().map(|r| {
+                self.set.call(
+                    r,
+                    "prepare",
+                    r.client.prepare(key, version, coord_name, value.as_deref()),
+                )
+            });
+            let results = join_all(calls).await;
+            let mut acked = Vec::new();
+            let mut to_abort = Vec::new();
+            let mut retryable = false;
+            let mut call_errors = 0;
+            let mut hard_failures = Vec::new();
+            for (i, res) in results.into_iter().enumerate() {
+                let name = self.set.replicas[i].name();
+                match res {
+                    Ok(PrepareReply::Ok) => acked.push(i),
+                    Ok(PrepareReply::Stale { committed }) => {
+                        self.hlc.observe(committed);
+                        retryable = true;
+                        hard_failures.push(format!("{name}: holds newer version {committed}"));
+                    }
+                    Ok(PrepareReply::Busy) => {
+                        retryable = true;
+                        hard_failures.push(format!("{name}: too many undecided writes"));
+                    }
+                    Err(e) => {
+                        call_errors += 1;
+                        if !e.certainly_not_applied() {
+                            to_abort.push(i);
+                        }
+                        hard_failures.push(format!("{name}: {e}"));
+                    }
+                }
+            }
+            let coordinator_acked = acked.contains(&coordinator.index);
+            let in_time = started.elapsed() < self.config.prepare_deadline();
+            if acked.len() >= required && coordinator_acked && in_time {
+                return self
+                    .commit(key, value, version, coordinator, acked, required)
+                    .await;
+            }
+            to_abort.extend(&acked);
+            self.abort_everywhere(key, version, &to_abort).await;
+            let reason = if !in_time {
+                "prepare phase exceeded its deadline".to_string()
+            } else if !coordinator_acked && acked.len() >= required {
+                format!("coordinator {coord_name} did not acknowledge")
+            } else {
+                format!(
+                    "{} of {required} replicas prepared ({})",
+                    acked.len(),
+                    hard_failures.join("; ")
+                )
+            };
+            let outcome = WriteOutcome::Aborted {
+                version,
+                acked: acked.len(),
+                required,
+                reason,
+            };
+            // A STALE or BUSY refusal is not a failure of the replica: retry with a newer
+            // version (the clock observed the newer one) after tidying undecided writes.
+            if !retryable || call_errors > 0 {
+                return outcome;
+            }
+            let _ = self.read_answers(key).await.map(|answers| self.repair(key, answers));
+            last = Some(outcome);
+        }
+        last.unwrap_or(WriteOutcome::Unavailable {
+            reason: "no attempt was made".into(),
+        })
+    }
+
+    /// Commits at the coordinator (the linearization point), then at the others.
+    async fn commit(
+        &self,
+        key: &[u8],
+        value: Option<Bytes>,
+        version: Version,
+        coordinator: &Replica,
+        acked: Vec<usize>,
+        required: usize,
+    ) -> WriteOutcome {
+        match self
+            .set
+            .call(coordinator, "commit", coordinator.client.commit(key, version))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.abort_everywhere(key, version, &acked).await;
+                return WriteOutcome::Aborted {
+                    version,
+                    acked: acked.len(),
+                    required,
+                    reason: format!(
+                        "coordinator {} no longer held the prepared write (aborted by a resolver)",
+                        coordinator.name()
+                    ),
+                };
+            }
+            Err(e) => {
+                return WriteOutcome::Unknown {
+                    version,
+                    reason: format!(
+                        "commit at coordinator {} failed: {e}; a resolver will decide",
+                        coordinator.name()
+                    ),
+                };
+            }
+        }
+        // Committed. The others' commits only spread the decision; failures leave pending
+        // records that resolution completes, and a hint delivers the value meanwhile.
+        let others: Vec<usize> = acked
+            .iter()
+            .copied()
+            .filter(|i| *i != coordinator.index)
+            .collect();
+        let calls = others.iter().map(|i| {
+            let r = &self.set.replicas[*i];
+            self.set.call(r, "commit", r.client.commit(key, version))
+        });
+        let results = join_all(calls).await;
+        let mut behind: Vec<usize> = (0..self.set.len()).filter(|i| !acked.contains(i)).collect();
+        for (i, res) in others.iter().zip(results) {
+            if !matches!(res, Ok(true)) {
+                behind.push(*i);
+            }
+        }
+        for i in &behind {
+            self.hints.add(*i, key, version, value.clone());
+        }
+        let acked_names = acked.iter().copied().filter(|i| !behind.contains(i));
+        WriteOutcome::Committed {
+            version,
+            acked: self.names(acked_names),
+            behind: self.names(behind),
+            coordinator: Some(coordinator.name().to_string()),
+        }
+    }
+
+    /// Best-effort abort of `version` on the given replicas. Correctness does not depend
+    /// on it (only the writer commits, and it has decided not to); it frees the pending
+    /// slots now rather than after the in-doubt timeout.
+    async fn abort_everywhere(&self, key: &[u8], version: Version, replicas: &[usize]) {
+        let calls = replicas.iter().map(|i| {
+            let r = &self.set.replicas[*i];
+            self.set.call(r, "abort", r.client.abort(key, version))
+        });
+        join_all(calls).await;
+    }
+
+    /// Every replica's answer for `key`; errors for the ones that did not answer.
+    async fn read_all(&self, key: &[u8]) -> Vec<Result<ReplicaState, CallError>> {
+        let calls = self
+            .set
+            .replicas
+            .iter()
+            .map(|r| self.set.call(r, "get", r.client.get(key)));
+        join_all(calls).await
+    }
+
+    async fn read_answers(&self, key: &[u8]) -> Option<Answers> {
+        let answers: Answers = self
+            .read_all(key)
+            .await
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.ok().map(|s| (i, s)))
+            .collect();
+        (!answers.is_empty()).then_some(answers)
+    }
+
+    /// Reads `key` under `mode`. `required` is the session's own latest write of the key
+    /// (read-your-writes), if any.
+    pub async fn read(
+        &self,
+        key: &[u8],
+        mode: Mode,
+        required: Option<Version>,
+        request_id: &str,
+    ) -> Result<ReadResult, ReadError> {
+        let results = self.read_all(key).await;
+        let now_ms = self.hlc.now_ms();
+        let mut answers: Answers = Vec::new();
+        let mut errors: Vec<Option<String>> = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(state) => {
+                    if let Some(c) = &state.committed {
+                        self.hlc.observe(c.version);
+                    }
+                    answers.push((i, state));
+                    errors.push(None);
+                }
+                Err(e) => errors.push(Some(e.to_string())),
+            }
+        }
+        let needed = mode.read_quorum(self.set.len());
+        if answers.len() < needed {
+            return Err(ReadError::Unavailable(format!(
+                "{} of {} replicas answered; {mode} reads need {needed}",
+                answers.len(),
+                self.set.len()
+            )));
+        }
+
+        // Choose what to return.
+        let best = answers
+            .iter()
+            .filter_map(|(i, s)| s.committed.as_ref().map(|c| (*i, c)))
+            .max_by_key(|(i, c)| (c.version, std::cmp::Reverse(*i)));
+        let (source, record) = match mode {
+            Mode::Ap => {
+                // The preferred (first) answering replica, unless it misses the session's
+                // own write and another one has it (SPEC CAP-7).
+                let satisfies = |s: &ReplicaState| required.is_none_or(|v| s.committed_version() >= v);
+                let pick = answers
+                    .iter()
+                    .find(|(_, s)| satisfies(s))
+                    .map(|(i, s)| (*i, s.committed.clone()));
+                match pick {
+                    Some(p) => p,
+                    None => best.map_or((answers[0].0, None), |(i, c)| (i, Some(c.clone()))),
+                }
+            }
+            Mode::Cp | Mode::Quorum => {
+                let max = best.map(|(_, c)| c.version).unwrap_or(Version::ZERO);
+                self.check_undecided(&answers, max)?;
+                best.map_or((answers[0].0, None), |(i, c)| (i, Some(c.clone())))
+            }
+        };
+
+        // Staleness of every replica.
+        let observations: Vec<Observation> = (0..self.set.len())
+            .map(|i| Observation {
+                held: answers
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .map(|(_, s)| s.committed_version()),
+                missed: self
+                    .hints
+                    .get(i, key)
+                    .map(|h| vec![h.oldest, h.latest])
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let stale = staleness::compute(&observations, now_ms);
+        let status = staleness::status(&stale, self.config.max_staleness_ms);
+        let m = metrics();
+        let replicas = self
+            .set
+            .replicas
+            .iter()
+            .zip(&stale)
+            .zip(errors)
+            .map(|((r, s), error)| {
+                if let Some(ms) = s.ms {
+                    m.data_staleness_ms
+                        .with_label_values(&[r.name()])
+                        .set(ms as i64);
+                }
+                ReplicaView {
+                    name: r.name().to_string(),
+                    reachable: s.reachable,
+                    version: observations[r.index].held.filter(|v| *v != Version::ZERO),
+                    staleness_ms: s.ms,
+                    error,
+                }
+            })
+            .collect();
+
+        let returned = record.as_ref().map_or(Version::ZERO, |r| r.version);
+        let ryw_consistent = required.is_none_or(|v| returned >= v);
+        if !ryw_consistent {
+            RywViolation {
+                request_id,
+                mode: mode.as_str(),
+                key: &String::from_utf8_lossy(key),
+                required: &required.unwrap_or_default().to_string(),
+                seen: &returned.to_string(),
+            }
+            .emit();
+        }
+        self.repair(key, answers);
+        Ok(ReadResult {
+            record,
+            source: Some(self.set.replicas[source].name().to_string()),
+            replicas,
+            status,
+            ryw_consistent,
+        })
+    }
+
+    /// For a CP/quorum read returning version `max`: every undecided write above `max`
+    /// must be known not to be committed, which only its coordinator can tell.
+    fn check_undecided(&self, answers: &Answers, max: Version) -> Result<(), ReadError> {
+        for (_, state) in answers {
+            for p in state.pending.iter().filter(|p| p.version > max) {
+                let coordinator = self
+                    .set
+                    .replicas
+                    .iter()
+                    .position(|r| r.name() == p.coordinator);
+                let coordinator_answered =
+                    coordinator.is_some_and(|c| answers.iter().any(|(i, _)| *i == c));
+                // If the coordinator answered, its committed version is ≤ max < p (max is
+                // over all answers), so p was not committed when it answered.
+                if !coordinator_answered {
+                    return Err(ReadError::Unavailable(format!(
+                        "an undecided write (version {}) cannot be resolved: its coordinator {} did not answer",
+                        p.version, p.coordinator
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Schedules read repair and resolution of undecided writes for `key` in the
+    /// background, if there is anything to do and capacity to do it.
+    fn repair(&self, key: &[u8], answers: Answers) {
+        let newest = answers
+            .iter()
+            .filter_map(|(_, s)| s.committed.clone())
+            .max_by_key(|r| r.version);
+        let lagging: Vec<usize> = answers
+            .iter()
+            .filter(|(_, s)| newest.as_ref().is_some_and(|n| s.committed_version() < n.version))
+            .map(|(i, _)| *i)
+            .collect();
+        let undecided: Vec<(usize, PendingRef)> = answers
+            .iter()
+            .flat_map(|(i, s)| s.pending.iter().map(|p| (*i, p.clone())))
+            .collect();
+        if lagging.is_empty() && undecided.is_empty() {
+            return;
+        }
+        let Ok(permit) = self.repairs.clone().try_acquire_owned() else {
+            return;
+        };
+        let work = RepairWork {
+            key: Bytes::copy_from_slice(key),
+            newest,
+            lagging,
+            undecided,
+            answers,
+            now_ms: self.hlc.now_ms(),
+        };
+        let clients: Vec<ReplicaClient> = self.set.replicas.iter().map(|r| r.client.clone()).collect();
+        let in_doubt = self.config.in_doubt_timeout;
+        tokio::spawn(async move {
+            work.run(&clients, in_doubt).await;
+            drop(permit);
+        });
+    }
+
+    /// Delivers queued hints to every replica whose breaker allows a call. Returns how
+    /// many were delivered.
+    pub async fn handoff_round(&self) -> usize {
+        let mut delivered = 0;
+        for r in &self.set.replicas {
+            let batch = self.hints.batch(r.index, HANDOFF_BATCH);
+            for (key, hint) in batch {
+                match self
+                    .set
+                    .call(r, "put", r.client.put(&key, hint.latest, hint.value.as_deref()))
+                    .await
+                {
+                    Ok(_) => {
+                        self.hints.delivered(r.index, &key, hint.latest);
+                        delivered += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Pings every replica through its breaker (health probe; also the half-open probe
+    /// that closes a breaker when the replica is back without any client traffic).
+    pub async fn probe(&self) {
+        let calls = self
+            .set
+            .replicas
+            .iter()
+            .map(|r| self.set.call(r, "ping", r.client.ping()));
+        join_all(calls).await;
+    }
+
+    /// Whether the gateway can serve writes in its default mode (readiness).
+    pub fn ready(&self) -> bool {
+        let reachable = self
+            .set
+            .replicas
+            .iter()
+            .filter(|r| r.reachable() && !r.rejecting())
+            .count();
+        reachable >= self.config.mode.write_quorum(self.set.len())
+    }
+
+    /// Delivers hints until none are left or `deadline` passes (graceful shutdown).
+    pub async fn flush_hints(&self, deadline: Duration) -> usize {
+        let until = tokio::time::Instant::now() + deadline;
+        while self.hints.total() > 0 && tokio::time::Instant::now() < until {
+            if self.handoff_round().await == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.hints.total()
+    }
+}
+
+/// Background repair of one key after a read.
+struct RepairWork {
+    key: Bytes,
+    newest: Option<Record>,
+    lagging: Vec<usize>,
+    undecided: Vec<(usize, PendingRef)>,
+    answers: Answers,
+    now_ms: u64,
+}
+
+impl RepairWork {
+    async fn run(self, clients: &[ReplicaClient], in_doubt: Duration) {
+        // Read repair: bring lagging replicas up to the newest committed record.
+        if let Some(newest) = &self.newest {
+            for i in &self.lagging {
+                let _ = clients[*i]
+                    .put(&self.key, newest.version, newest.value.as_deref())
+                    .await;
+            }
+        }
+        // Resolution of undecided writes old enough to be in doubt.
+        let in_doubt_ms = in_doubt.as_millis() as u64;
+        for (i, p) in &self.undecided {
+            if p.version.age_ms(self.now_ms) < in_doubt_ms {
+                continue;
+            }
+            let Some(c) = clients.iter().position(|c| c.name() == p.coordinator) else {
+                continue;
+            };
+            let Some((_, coord)) = self.answers.iter().find(|(j, _)| *j == c) else {
+                continue;
+            };
+            let coord_committed = coord.committed_version();
+            let coord_pending = coord.pending.iter().any(|q| q.version == p.version);
+            let committed = if coord_committed == p.version {
+                true
+            } else if coord_pending {
+                // Still undecided at the coordinator: decide abort there first. If the
+                // coordinator no longer has it (a late commit won), leave it for the
+                // next read to see the decision.
+                match clients[c].abort(&self.key, p.version).await {
+                    Ok(true) => false,
+                    _ => continue,
+                }
+            } else {
+                // Committed and superseded (coordinator ≥ p), or aborted (coordinator < p
+                // without it): either way the replica's pending record is obsolete.
+                false
+            };
+            if *i != c {
+                let _ = if committed {
+                    clients[*i].commit(&self.key, p.version).await
+                } else {
+                    clients[*i].abort(&self.key, p.version).await
+                };
+            }
+        }
+    }
+}

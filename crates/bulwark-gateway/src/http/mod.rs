@@ -1,0 +1,289 @@
+//! The HTTP surface (SPEC CAP-1): the seed's endpoints, the `/v1/kv` JSON API, health,
+//! breaker state, metrics and the OpenAPI document.
+//!
+//! The middleware stack, in request order:
+//! 1. request id: `X-Request-Id` from the client (if sane) or a fresh one, echoed back;
+//! 2. `REQUEST_COMPLETED` log line and request metrics, labelled by operation.
+//!
+//! The body limit is set per route from `MAX_VALUE_BYTES`.
+
+mod error;
+mod openapi;
+mod seed;
+mod v1;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bulwark_core::Version;
+use bulwark_obs::events::{Emit, RequestCompleted};
+use serde_json::{Map, Value, json};
+
+pub use error::ApiError;
+
+use crate::engine::{Engine, ReadResult, WriteOutcome};
+use crate::mode::Mode;
+use crate::session::{Session, SessionCodec};
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug)]
+pub struct AppState {
+    /// The replicated engine.
+    pub engine: Engine,
+    /// Signs and verifies read-your-writes cookies.
+    pub sessions: SessionCodec,
+}
+
+/// The correlation id of a request, set by the middleware.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limits = state.engine.config.limits;
+    // Room for JSON framing and base64's 4/3 expansion of the largest value.
+    let body_limit = limits.max_value_bytes / 3 * 4 + 64 * 1024;
+    Router::new()
+        .route("/write/{key}/{value}", post(seed::write))
+        .route("/read/{key}", get(seed::read))
+        .route("/v1/kv/{key}", get(v1::get).put(v1::put).delete(v1::delete))
+        .route("/v1/kv/", get(v1::empty_key).put(v1::empty_key).delete(v1::empty_key))
+        .route("/health", get(health))
+        .route("/health/live", get(health))
+        .route("/health/ready", get(ready))
+        .route("/circuit-breaker", get(circuit_breaker))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Request id, then `REQUEST_COMPLETED` with latency.
+async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let started = tokio::time::Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let operation = operation(&method, req.extensions().get::<MatchedPath>().map(|m| m.as_str()));
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let mut response = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    RequestCompleted {
+        request_id: &request_id,
+        mode: state.engine.config.mode.as_str(),
+        operation,
+        method: method.as_str(),
+        path: &path,
+        status: response.status().as_u16(),
+        latency: started.elapsed(),
+    }
+    .emit();
+    response
+}
+
+/// The metric label for a route.
+fn operation(method: &Method, route: Option<&str>) -> &'static str {
+    match (route, method) {
+        (Some("/write/{key}/{value}"), _) => "write",
+        (Some("/read/{key}"), _) => "read",
+        (Some("/v1/kv/{key}"), &Method::GET) => "read",
+        (Some("/v1/kv/{key}"), &Method::PUT) => "write",
+        (Some("/v1/kv/{key}"), &Method::DELETE) => "delete",
+        (Some("/health" | "/health/live" | "/health/ready"), _) => "health",
+        (Some("/circuit-breaker"), _) => "circuit_breaker",
+        (Some("/metrics"), _) => "metrics",
+        (Some("/openapi.json"), _) => "openapi",
+        _ => "other",
+    }
+}
+
+async fn not_found(axum::Extension(rid): axum::Extension<RequestId>) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint", &rid.0)
+}
+
+/// Liveness: the process serves HTTP.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let c = &state.engine.config;
+    axum::Json(json!({"status": "healthy", "service": c.name, "mode": c.mode.as_str()})).into_response()
+}
+
+/// Readiness (SPEC CAP-10): can this gateway serve writes in its mode right now?
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let e = &state.engine;
+    let replicas: Map<String, Value> = e
+        .set
+        .replicas
+        .iter()
+        .map(|r| {
+            (
+                r.name().to_string(),
+                json!({"reachable": r.reachable(), "breaker": r.breaker.snapshot().state}),
+            )
+        })
+        .collect();
+    let ready = e.ready();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "mode": e.config.mode.as_str(),
+        "write_quorum": e.config.mode.write_quorum(e.set.len()),
+        "replicas": replicas,
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Breaker state per replica, as in the seed: `{"db_g2":{"state":"CLOSED","failures":0,…}}`.
+async fn circuit_breaker(State(state): State<Arc<AppState>>) -> Response {
+    let body: Map<String, Value> = state
+        .engine
+        .set
+        .replicas
+        .iter()
+        .map(|r| {
+            (
+                r.name().to_string(),
+                serde_json::to_value(r.breaker.snapshot()).unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    axum::Json(body).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        bulwark_obs::metrics::render(),
+    )
+        .into_response()
+}
+
+/// The consistency a request asks for: `?consistency=` or `X-Consistency`, else the
+/// gateway's mode.
+fn requested_mode(state: &AppState, query: Option<&str>, headers: &HeaderMap, rid: &str) -> Result<Mode, ApiError> {
+    let raw = query.or_else(|| headers.get("x-consistency").and_then(|v| v.to_str().ok()));
+    match raw {
+        None => Ok(state.engine.config.mode),
+        Some(m) => m.parse().map_err(|e: String| {
+            ApiError::new(StatusCode::BAD_REQUEST, "INVALID_CONSISTENCY", format!("consistency {m:?}: {e}"), rid)
+        }),
+    }
+}
+
+/// The session in the request's cookie, if any (invalid signatures count as none).
+fn session(state: &AppState, headers: &HeaderMap) -> Session {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .find_map(|h| state.sessions.from_cookie_header(h))
+        .unwrap_or_default()
+}
+
+/// Turns a write outcome into a response, recording the write in the session cookie.
+fn write_response(
+    state: &AppState,
+    headers: &HeaderMap,
+    key: &str,
+    mode: Mode,
+    outcome: WriteOutcome,
+    rid: &str,
+) -> Response {
+    if let Some(err) = ApiError::from_write(&outcome, rid) {
+        return err.into_response();
+    }
+    let WriteOutcome::Committed {
+        version,
+        acked,
+        behind,
+        coordinator,
+    } = outcome
+    else {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "unexpected outcome", rid).into_response();
+    };
+    let mut session = session(state, headers);
+    session.record(key, version);
+    let mut body = json!({
+        "status": "success",
+        "mode": mode.as_str(),
+        "key": key,
+        "version": version.to_string(),
+        "acked_by": acked,
+        "behind": behind,
+    });
+    if let Some(c) = coordinator {
+        body["coordinator"] = c.into();
+    }
+    if !behind.is_empty() {
+        body["warning"] = format!("AP_STALE_RISK: {} missed this write; queued for hinted handoff", behind.join(", ")).into();
+    }
+    let mut response = axum::Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&state.sessions.set_cookie(&session)) {
+        response.headers_mut().insert(axum::http::header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// Per-replica details and seed-style staleness fields of a read.
+fn read_fields(result: &ReadResult, body: &mut Map<String, Value>) {
+    for (i, r) in result.replicas.iter().enumerate() {
+        body.insert(format!("G{}_Staleness_ms", i + 1), r.staleness_ms.map_or(Value::Null, Value::from));
+    }
+    body.insert("Consistency_Status".into(), result.status.into());
+    body.insert("RYW_Consistent".into(), result.ryw_consistent.into());
+    if !result.ryw_consistent {
+        body.insert("RYW_Status".into(), "RYW_VIOLATION".into());
+    }
+    let replicas: Map<String, Value> = result
+        .replicas
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "reachable": r.reachable,
+                "version": r.version.map(|v| v.to_string()),
+                "staleness_ms": r.staleness_ms,
+            });
+            if let Some(e) = &r.error {
+                v["error"] = e.clone().into();
+            }
+            (r.name.clone(), v)
+        })
+        .collect();
+    body.insert("replicas".into(), replicas.into());
+}
+
+/// Inserts `value` (UTF-8 text) or `value_base64` (binary) into a response body.
+fn value_fields(value: &[u8], body: &mut Map<String, Value>) {
+    use base64::Engine as _;
+    match std::str::from_utf8(value) {
+        Ok(text) => {
+            body.insert("value".into(), text.into());
+        }
+        Err(_) => {
+            body.insert("value".into(), Value::Null);
+            body.insert(
+                "value_base64".into(),
+                base64::engine::general_purpose::STANDARD.encode(value).into(),
+            );
+        }
+    }
+}
+
+/// Version header value for raw responses.
+fn version_header(v: Version) -> HeaderValue {
+    HeaderValue::from_str(&v.to_string()).unwrap_or(HeaderValue::from_static("0"))
+}

@@ -1,0 +1,87 @@
+//! The seed's endpoints, with the seed's field names: `POST /write/{key}/{value}` and
+//! `GET /read/{key}`, in the gateway's own consistency mode.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use super::{ApiError, AppState, RequestId, read_fields, session, value_fields, write_response};
+
+/// A path that is not valid UTF-8 after percent-decoding, or otherwise unusable.
+pub(super) fn bad_path(e: PathRejection, rid: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_KEY", format!("invalid path: {e}"), rid)
+}
+
+/// `POST /write/{key}/{value}`.
+pub async fn write(
+    State(state): State<Arc<AppState>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let rid = rid.0;
+    let (key, value) = match path {
+        Ok(Path(p)) => p,
+        Err(e) => return bad_path(e, &rid).into_response(),
+    };
+    let limits = state.engine.config.limits;
+    if let Err(e) = limits.check_key(key.as_bytes()).and(limits.check_value(value.as_bytes())) {
+        return ApiError::limit(e, &rid).into_response();
+    }
+    let mode = state.engine.config.mode;
+    let outcome = state
+        .engine
+        .write(key.as_bytes(), Some(Bytes::from(value)), mode, &rid)
+        .await;
+    write_response(&state, &headers, &key, mode, outcome, &rid)
+}
+
+/// `GET /read/{key}`: the value, per-replica staleness and read-your-writes status.
+pub async fn read(
+    State(state): State<Arc<AppState>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let rid = rid.0;
+    let key = match path {
+        Ok(Path(k)) => k,
+        Err(e) => return bad_path(e, &rid).into_response(),
+    };
+    if let Err(e) = state.engine.config.limits.check_key(key.as_bytes()) {
+        return ApiError::limit(e, &rid).into_response();
+    }
+    let mode = state.engine.config.mode;
+    let required = session(&state, &headers).required(&key);
+    let result = match state.engine.read(key.as_bytes(), mode, required, &rid).await {
+        Ok(r) => r,
+        Err(e) => return ApiError::from_read(e, &rid).into_response(),
+    };
+    let mut body = Map::new();
+    body.insert("key".into(), key.clone().into());
+    match result.record.as_ref().and_then(|r| r.value.as_ref().map(|v| (r.version, v))) {
+        Some((version, value)) => {
+            value_fields(value, &mut body);
+            body.insert("version".into(), version.to_string().into());
+        }
+        None => {
+            body.insert("value".into(), Value::Null);
+            body.insert("found".into(), false.into());
+        }
+    }
+    body.insert("mode".into(), mode.as_str().into());
+    body.insert("source".into(), result.source.clone().into());
+    read_fields(&result, &mut body);
+    let status = if result.record.as_ref().is_some_and(|r| r.value.is_some()) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    (status, axum::Json(Value::Object(body))).into_response()
+}

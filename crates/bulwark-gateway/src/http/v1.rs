@@ -1,0 +1,190 @@
+//! The versioned JSON API: `/v1/kv/{key}` with GET, PUT and DELETE, binary-safe values
+//! and per-request consistency (`?consistency=ap|cp|quorum` or `X-Consistency`).
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use super::seed::bad_path;
+use super::{ApiError, AppState, RequestId, read_fields, requested_mode, session, value_fields, version_header, write_response};
+
+/// Query parameters of `/v1/kv/{key}`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct KvQuery {
+    /// `ap`, `cp` or `quorum`; defaults to the gateway's mode.
+    pub consistency: Option<String>,
+}
+
+/// JSON body of `PUT /v1/kv/{key}`: exactly one of `value` (text) or `value_base64`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    /// The value as UTF-8 text.
+    pub value: Option<String>,
+    /// The value as standard base64, for binary data.
+    pub value_base64: Option<String>,
+}
+
+fn checked_key(state: &AppState, path: Result<Path<String>, PathRejection>, rid: &str) -> Result<String, ApiError> {
+    let Path(key) = path.map_err(|e| bad_path(e, rid))?;
+    state
+        .engine
+        .config
+        .limits
+        .check_key(key.as_bytes())
+        .map_err(|e| ApiError::limit(e, rid))?;
+    Ok(key)
+}
+
+/// `/v1/kv/` with no key.
+pub async fn empty_key(Extension(rid): Extension<RequestId>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_KEY", "key must not be empty", &rid.0)
+}
+
+/// Read a key.
+#[utoipa::path(get, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key, at most MAX_KEY_BYTES"), KvQuery),
+    responses((status = 200, description = "The value, its version and per-replica staleness; raw bytes with Accept: application/octet-stream"),
+              (status = 404, description = "No such key"), (status = 503, description = "Too few replicas answered")))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    query: Result<Query<KvQuery>, QueryRejection>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let rid = rid.0;
+    let key = match checked_key(&state, path, &rid) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let mode = match requested_mode(&state, query.as_ref().ok().and_then(|q| q.consistency.as_deref()), &headers, &rid) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let required = session(&state, &headers).required(&key);
+    let result = match state.engine.read(key.as_bytes(), mode, required, &rid).await {
+        Ok(r) => r,
+        Err(e) => return ApiError::from_read(e, &rid).into_response(),
+    };
+    let Some((version, value)) = result.record.as_ref().and_then(|r| r.value.clone().map(|v| (r.version, v))) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such key", &rid)
+            .with("consistency_status", result.status)
+            .into_response();
+    };
+    let wants_raw = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/octet-stream"));
+    if wants_raw {
+        return (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".parse().expect("static header")),
+                (header::HeaderName::from_static("x-bulwark-version"), version_header(version)),
+            ],
+            value,
+        )
+            .into_response();
+    }
+    let mut body = Map::new();
+    body.insert("key".into(), key.into());
+    value_fields(&value, &mut body);
+    body.insert("version".into(), version.to_string().into());
+    body.insert("consistency".into(), mode.as_str().into());
+    body.insert("source".into(), result.source.clone().into());
+    read_fields(&result, &mut body);
+    axum::Json(Value::Object(body)).into_response()
+}
+
+/// Write a key.
+#[utoipa::path(put, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key"), KvQuery),
+    request_body(content = PutBody, description = "JSON {value} or {value_base64}; any other content type is taken as the raw value"),
+    responses((status = 200, description = "Committed"), (status = 400, description = "Malformed body"),
+              (status = 413, description = "Key or value over the limit"),
+              (status = 503, description = "CP_ABORTED: not applied, guaranteed"),
+              (status = 504, description = "OUTCOME_UNKNOWN: may or may not be applied")))]
+pub async fn put(
+    State(state): State<Arc<AppState>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    query: Result<Query<KvQuery>, QueryRejection>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let rid = rid.0;
+    let key = match checked_key(&state, path, &rid) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let limits = state.engine.config.limits;
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(e.status(), "BODY_REJECTED", e.body_text(), &rid)
+                .with("limit", limits.max_value_bytes)
+                .into_response();
+        }
+    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    let value = if is_json {
+        match decode_json_value(&body) {
+            Ok(v) => v,
+            Err(msg) => return ApiError::new(StatusCode::BAD_REQUEST, "INVALID_BODY", msg, &rid).into_response(),
+        }
+    } else {
+        body
+    };
+    if let Err(e) = limits.check_value(&value) {
+        return ApiError::limit(e, &rid).into_response();
+    }
+    let mode = match requested_mode(&state, query.as_ref().ok().and_then(|q| q.consistency.as_deref()), &headers, &rid) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let outcome = state.engine.write(key.as_bytes(), Some(value), mode, &rid).await;
+    write_response(&state, &headers, &key, mode, outcome, &rid)
+}
+
+fn decode_json_value(body: &[u8]) -> Result<Bytes, String> {
+    let parsed: PutBody = serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}"))?;
+    match (parsed.value, parsed.value_base64) {
+        (Some(text), None) => Ok(Bytes::from(text)),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Bytes::from)
+            .map_err(|e| format!("value_base64 is not valid base64: {e}")),
+        _ => Err("the body must have exactly one of \"value\" or \"value_base64\"".into()),
+    }
+}
+
+/// Delete a key (a versioned tombstone, so a delayed older write cannot resurrect it).
+#[utoipa::path(delete, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key"), KvQuery),
+    responses((status = 200, description = "Deleted"), (status = 503, description = "CP_ABORTED"), (status = 504, description = "OUTCOME_UNKNOWN")))]
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    query: Result<Query<KvQuery>, QueryRejection>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let rid = rid.0;
+    let key = match checked_key(&state, path, &rid) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let mode = match requested_mode(&state, query.as_ref().ok().and_then(|q| q.consistency.as_deref()), &headers, &rid) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let outcome = state.engine.write(key.as_bytes(), None, mode, &rid).await;
+    write_response(&state, &headers, &key, mode, outcome, &rid)
+}
