@@ -1,0 +1,409 @@
+//! Command-line surface of `bulwark bench`, and the small parsers behind it.
+//!
+//! The types here are plain data: everything that touches the network lives in
+//! [`crate::measure`] and [`crate::replica_down`].
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+/// `bulwark bench …`: load generators for Bulwark's services.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Which service to load.
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// The services `bulwark bench` knows how to load.
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchCommand {
+    /// Load the CAP service's key-value HTTP API (seed endpoints or /v1/kv).
+    Kv(KvArgs),
+}
+
+/// Flags of `bulwark bench kv`.
+///
+/// Every (target × op) pair is one *scenario*, measured separately after its own warm-up.
+#[derive(Args, Debug, Clone)]
+pub struct KvArgs {
+    /// Gateway to measure, as LABEL=URL or URL (the label is then host:port). Repeatable.
+    /// Default: AP=http://127.0.0.1:5001 and CP=http://127.0.0.1:5002.
+    #[arg(long = "target", value_name = "[LABEL=]URL")]
+    pub targets: Vec<Target>,
+
+    /// Operation to measure. Repeatable. Default: write, then read.
+    #[arg(long = "op", value_enum)]
+    pub ops: Vec<Op>,
+
+    /// Fraction of reads in the `mixed` op (0.0–1.0).
+    #[arg(long, default_value_t = 0.5, value_parser = parse_ratio)]
+    pub read_ratio: f64,
+
+    /// Measured time per scenario, in seconds (fractions allowed).
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub duration: Duration,
+
+    /// Unmeasured warm-up per scenario, in seconds (fills the connection pool and caches).
+    #[arg(long, default_value = "2", value_parser = parse_secs)]
+    pub warmup: Duration,
+
+    /// Number of workers, and so of connections. Closed loop: each worker sends its next
+    /// request when the previous one finished. Open loop (--rate): the most requests in
+    /// flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=MAX_CONCURRENCY))]
+    pub concurrency: u32,
+
+    /// Open loop: send at this fixed total rate (requests/s) and measure latency from each
+    /// request's *scheduled* send time, so that a slow server shows up as latency rather
+    /// than as a politely reduced request rate (coordinated omission correction).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Size of the keyspace; keys are chosen uniformly from it.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_KEYS))]
+    pub keys: u64,
+
+    /// Length of each written value in bytes (hex text, so it is URL-safe for the seed API).
+    #[arg(long, default_value_t = 64, value_parser = parse_value_size)]
+    pub value_size: usize,
+
+    /// Which HTTP API to use: the seed endpoints (/write, /read) or /v1/kv.
+    #[arg(long, value_enum, default_value_t = Api::Seed)]
+    pub api: Api,
+
+    /// Per-request timeout in seconds (connect, send, and reading the whole response).
+    #[arg(long, default_value = "2", value_parser = parse_secs)]
+    pub timeout: Duration,
+
+    /// Print a JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the JSON document to this file.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Condition to measure under. `replica-down` stops a replica through the supervisor
+    /// before measuring and starts it again afterwards.
+    #[arg(long, value_enum, default_value_t = Scenario::Normal)]
+    pub scenario: Scenario,
+
+    /// Supervisor control API used by `--scenario replica-down`.
+    #[arg(long, default_value = "http://127.0.0.1:7070", value_name = "URL")]
+    pub control: String,
+
+    /// Replica stopped by `--scenario replica-down`.
+    #[arg(long, default_value = "db_g2", value_name = "NAME")]
+    pub replica: String,
+
+    /// How long `--scenario replica-down` waits for each gateway's breaker to open, in
+    /// seconds.
+    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    pub breaker_wait: Duration,
+
+    /// Do not write every key once before read and mixed scenarios (reads of missing keys
+    /// then measure the not-found path).
+    #[arg(long)]
+    pub no_preload: bool,
+}
+
+/// Upper bound on `--concurrency`: it is also the connection count, which must be bounded.
+pub const MAX_CONCURRENCY: i64 = 4096;
+/// Upper bound on `--keys`: URIs for every key are built up front.
+pub const MAX_KEYS: u64 = 10_000_000;
+
+impl KvArgs {
+    /// The targets to measure, with the documented defaults when none was given.
+    pub fn effective_targets(&self) -> Vec<Target> {
+        if self.targets.is_empty() {
+            vec![
+                Target::new("AP", "http://127.0.0.1:5001"),
+                Target::new("CP", "http://127.0.0.1:5002"),
+            ]
+        } else {
+            self.targets.clone()
+        }
+    }
+
+    /// The ops to measure, with the documented default (write, then read).
+    pub fn effective_ops(&self) -> Vec<Op> {
+        if self.ops.is_empty() {
+            vec![Op::Write, Op::Read]
+        } else {
+            self.ops.clone()
+        }
+    }
+}
+
+/// One gateway under test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Short name used in result labels ("AP", "CP", …).
+    pub label: String,
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:5001`.
+    pub url: String,
+}
+
+impl Target {
+    /// A target from a label and a base URL (a trailing slash is dropped).
+    pub fn new(label: &str, url: &str) -> Self {
+        Target {
+            label: label.to_owned(),
+            url: url.trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
+/// Why a `--target` could not be parsed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TargetParseError {
+    /// The URL part is not `http://host[:port][/prefix]`.
+    #[error("target URL {0:?} must start with http:// and name a host")]
+    BadUrl(String),
+    /// `=URL` with nothing before the `=`.
+    #[error("target label before '=' is empty")]
+    EmptyLabel,
+}
+
+impl FromStr for Target {
+    type Err = TargetParseError;
+
+    /// Parses `LABEL=URL` or `URL`. The `=` only separates a label when what precedes it
+    /// contains no `://`, so a URL with `=` in its query is still read as a URL.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (label, url) = match s.split_once('=') {
+            Some((label, url)) if !label.contains("://") => {
+                if label.trim().is_empty() {
+                    return Err(TargetParseError::EmptyLabel);
+                }
+                (Some(label.trim()), url.trim())
+            }
+            _ => (None, s.trim()),
+        };
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| TargetParseError::BadUrl(url.to_owned()))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() || url.parse::<hyper::Uri>().is_err() {
+            return Err(TargetParseError::BadUrl(url.to_owned()));
+        }
+        Ok(Target::new(label.unwrap_or(authority), url))
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.label, self.url)
+    }
+}
+
+/// What each request of a scenario does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Every request writes a key.
+    Write,
+    /// Every request reads a key.
+    Read,
+    /// Each request reads with probability `--read-ratio`, else writes.
+    Mixed,
+}
+
+impl Op {
+    /// Lower-case name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Write => "write",
+            Op::Read => "read",
+            Op::Mixed => "mixed",
+        }
+    }
+}
+
+/// Which of the gateway's two HTTP APIs to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// `POST /write/{key}/{value}` and `GET /read/{key}`, as the seed's curl commands use.
+    Seed,
+    /// `PUT /v1/kv/{key}` (raw value body) and `GET /v1/kv/{key}`.
+    V1,
+}
+
+/// Condition the scenarios are measured under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// All replicas up.
+    Normal,
+    /// One replica (`--replica`) stopped through the supervisor for the whole measurement.
+    ReplicaDown,
+}
+
+/// Parses a non-negative number of seconds, fractions allowed ("0.5").
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a valid duration"))
+}
+
+/// Parses a request rate: finite and positive.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 10_000_000.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate in (0, 10000000] requests/s")),
+    }
+}
+
+/// Parses a fraction in `[0, 1]`.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio between 0 and 1")),
+    }
+}
+
+/// Parses a value size: at least one byte and within the gateway's value limit.
+pub fn parse_value_size(s: &str) -> Result<usize, String> {
+    let max = bulwark_core::Limits::default().max_value_bytes;
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a value size between 1 and {max} bytes"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        command: BenchCommand,
+    }
+
+    fn kv(argv: &[&str]) -> Result<KvArgs, clap::Error> {
+        let mut full = vec!["bench", "kv"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).map(|c| match c.command {
+            BenchCommand::Kv(a) => a,
+        })
+    }
+
+    #[test]
+    fn target_with_label() {
+        let t: Target = "AP=http://127.0.0.1:5001/".parse().expect("parses");
+        assert_eq!(t, Target::new("AP", "http://127.0.0.1:5001"));
+        assert_eq!(t.url, "http://127.0.0.1:5001");
+    }
+
+    #[test]
+    fn target_without_label_uses_authority() {
+        let t: Target = "http://localhost:5003/prefix".parse().expect("parses");
+        assert_eq!(t.label, "localhost:5003");
+        assert_eq!(t.url, "http://localhost:5003/prefix");
+    }
+
+    #[test]
+    fn equals_inside_url_query_is_not_a_label() {
+        let t: Target = "http://h:1/x?a=b".parse().expect("parses");
+        assert_eq!(t.label, "h:1");
+        let t: Target = "Q=http://h:1/x?a=b".parse().expect("parses");
+        assert_eq!(t.label, "Q");
+    }
+
+    #[test]
+    fn bad_targets_are_rejected() {
+        assert_eq!(
+            "=http://h:1".parse::<Target>(),
+            Err(TargetParseError::EmptyLabel)
+        );
+        assert!(matches!(
+            "AP=https://h:1".parse::<Target>(),
+            Err(TargetParseError::BadUrl(_))
+        ));
+        assert!(matches!(
+            "h:1".parse::<Target>(),
+            Err(TargetParseError::BadUrl(_))
+        ));
+        assert!(matches!(
+            "http:///x".parse::<Target>(),
+            Err(TargetParseError::BadUrl(_))
+        ));
+    }
+
+    #[test]
+    fn defaults() {
+        let a = kv(&[]).expect("parses");
+        assert_eq!(a.effective_ops(), vec![Op::Write, Op::Read]);
+        let t = a.effective_targets();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0], Target::new("AP", "http://127.0.0.1:5001"));
+        assert_eq!(t[1], Target::new("CP", "http://127.0.0.1:5002"));
+        assert_eq!(a.duration, Duration::from_secs(10));
+        assert_eq!(a.warmup, Duration::from_secs(2));
+        assert_eq!(a.timeout, Duration::from_secs(2));
+        assert_eq!(a.concurrency, 16);
+        assert_eq!(a.keys, 1000);
+        assert_eq!(a.value_size, 64);
+        assert_eq!(a.api, Api::Seed);
+        assert_eq!(a.rate, None);
+        assert_eq!(a.scenario, Scenario::Normal);
+        assert_eq!(a.replica, "db_g2");
+    }
+
+    #[test]
+    fn full_command_line() {
+        let a = kv(&[
+            "--target",
+            "AP=http://127.0.0.1:5001",
+            "--target",
+            "http://127.0.0.1:5003",
+            "--op",
+            "mixed",
+            "--read-ratio",
+            "0.9",
+            "--duration",
+            "0.5",
+            "--rate",
+            "2000",
+            "--api",
+            "v1",
+            "--scenario",
+            "replica-down",
+            "--json",
+        ])
+        .expect("parses");
+        assert_eq!(a.targets.len(), 2);
+        assert_eq!(a.targets[1].label, "127.0.0.1:5003");
+        assert_eq!(a.ops, vec![Op::Mixed]);
+        assert_eq!(a.read_ratio, 0.9);
+        assert_eq!(a.duration, Duration::from_millis(500));
+        assert_eq!(a.rate, Some(2000.0));
+        assert_eq!(a.api, Api::V1);
+        assert_eq!(a.scenario, Scenario::ReplicaDown);
+        assert!(a.json);
+    }
+
+    #[test]
+    fn out_of_range_flags_are_rejected() {
+        assert!(kv(&["--concurrency", "0"]).is_err());
+        assert!(kv(&["--rate", "0"]).is_err());
+        assert!(kv(&["--rate", "inf"]).is_err());
+        assert!(kv(&["--read-ratio", "1.5"]).is_err());
+        assert!(kv(&["--duration", "-1"]).is_err());
+        assert!(kv(&["--value-size", "0"]).is_err());
+        assert!(kv(&["--value-size", "2000000"]).is_err());
+        assert!(kv(&["--keys", "0"]).is_err());
+        assert!(kv(&["--target", "ftp://x"]).is_err());
+    }
+}
