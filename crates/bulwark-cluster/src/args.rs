@@ -1,0 +1,215 @@
+//! Command-line arguments of `bulwark up` and `bulwark ctl` (parsed by the binary crate).
+
+use std::path::PathBuf;
+
+use nix::sys::signal::Signal;
+
+/// Most replicas `up` will start: ports 6401..=6409 keep the seed's numbering readable.
+pub const MAX_REPLICAS: u8 = 9;
+
+/// `bulwark up`: start a local cluster (replicas, then gateways) and supervise it, like
+/// `docker-compose up` with `restart: on-failure` and `depends_on: service_healthy`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Number of storage replicas (`db_g1` … `db_gN` on ports 6401 …). With 3 or more, a
+    /// quorum gateway (`app_quorum` on 5003) is started too.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=MAX_REPLICAS as i64))]
+    pub replicas: u8,
+
+    /// What the replicas are: Bulwark storage nodes, or real `redis-server` (≥ 7) processes.
+    #[arg(long, value_enum, default_value_t = Backend::Bulwark)]
+    pub backend: Backend,
+
+    /// Where replica data, logs and the lock file live.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Port of the control API that `bulwark ctl` talks to (on 127.0.0.1).
+    #[arg(long, default_value_t = 7070)]
+    pub control_port: u16,
+
+    /// Do not start the quorum gateway even when there are 3 or more replicas.
+    #[arg(long)]
+    pub no_quorum: bool,
+
+    /// Echo every service's log to the terminal as a readable merged stream (the default).
+    #[arg(long, overrides_with = "quiet")]
+    pub foreground_logs: bool,
+
+    /// Do not echo service logs to the terminal (they still go to `<data-dir>/logs/`).
+    #[arg(long, short = 'q', overrides_with = "foreground_logs")]
+    pub quiet: bool,
+
+    /// Durability policy of the replicas' writes, passed to every replica (`--appendfsync`
+    /// of `bulwark node`, `appendfsync` of `redis-server`).
+    #[arg(long, value_enum, default_value_t = Appendfsync::Always)]
+    pub appendfsync: Appendfsync,
+
+    /// How long a service may take to become healthy at start-up before `up` gives up.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub startup_timeout: u64,
+}
+
+/// The storage engine behind each replica.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `bulwark node`: the embedded, durable storage node.
+    Bulwark,
+    /// A real `redis-server` ≥ 7 with the `bulwark` function library.
+    Redis,
+}
+
+impl Backend {
+    /// The flag value (`bulwark` or `redis`) passed on to gateways.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Bulwark => "bulwark",
+            Backend::Redis => "redis",
+        }
+    }
+}
+
+/// When a replica fsyncs writes that the protocol does not force to disk (`BW.PUT`, `SET`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appendfsync {
+    /// Every write, before replying.
+    Always,
+    /// Once per second.
+    Everysec,
+    /// Leave it to the operating system.
+    No,
+}
+
+impl Appendfsync {
+    /// The value as both `bulwark node` and `redis-server` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Appendfsync::Always => "always",
+            Appendfsync::Everysec => "everysec",
+            Appendfsync::No => "no",
+        }
+    }
+}
+
+/// `bulwark ctl`: talk to a running `bulwark up` (the stand-in for `docker-compose ps`,
+/// `docker stop/start/kill/logs`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CtlArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+
+    /// Base URL of the control API of `bulwark up`.
+    #[arg(
+        long,
+        global = true,
+        env = "BULWARK_CONTROL",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub control: String,
+
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// One `bulwark ctl` subcommand.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum CtlCommand {
+    /// Show every service: state, pid, health, restarts (like `docker-compose ps`).
+    Status,
+    /// Stop a service gracefully (SIGTERM, then SIGKILL after 10 s); it stays stopped until
+    /// `ctl start`.
+    Stop {
+        /// Service name (`db_g2`, `app_cp`, …).
+        service: String,
+    },
+    /// Start a stopped or exited service.
+    Start {
+        /// Service name.
+        service: String,
+    },
+    /// Send a signal to a service's process (like `docker kill --signal=…`). What happens
+    /// next follows the restart policy: a clean exit (status 0) is not restarted, a crash is.
+    Kill {
+        /// Service name.
+        service: String,
+        /// Signal name: TERM, INT, KILL, STOP, CONT, HUP, QUIT, USR1, USR2 (with or without
+        /// the SIG prefix).
+        #[arg(long, short = 's', default_value = "KILL", value_parser = parse_signal_arg)]
+        signal: String,
+    },
+    /// Stop a service gracefully, then start it again.
+    Restart {
+        /// Service name.
+        service: String,
+    },
+    /// Print a service's log lines (raw JSON as emitted), like `docker logs`.
+    Logs {
+        /// Service name.
+        service: String,
+        /// Only lines containing this text.
+        #[arg(long)]
+        grep: Option<String>,
+        /// Only the last N (matching) lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+}
+
+/// Signals `ctl kill` may send, by their short names.
+const SIGNALS: &[(&str, Signal)] = &[
+    ("TERM", Signal::SIGTERM),
+    ("INT", Signal::SIGINT),
+    ("KILL", Signal::SIGKILL),
+    ("STOP", Signal::SIGSTOP),
+    ("CONT", Signal::SIGCONT),
+    ("HUP", Signal::SIGHUP),
+    ("QUIT", Signal::SIGQUIT),
+    ("USR1", Signal::SIGUSR1),
+    ("USR2", Signal::SIGUSR2),
+];
+
+/// Parses a signal name as `docker kill --signal` accepts it: `TERM`, `SIGTERM`, `sigterm`.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let short = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNALS.iter().find(|(n, _)| *n == short).map(|(_, s)| *s)
+}
+
+/// Clap value parser: validates the name and normalises it to its short form (`TERM`).
+fn parse_signal_arg(name: &str) -> Result<String, String> {
+    match parse_signal(name) {
+        Some(sig) => Ok(signal_short_name(sig).to_owned()),
+        None => Err(format!(
+            "unknown signal '{name}'; expected one of {}",
+            SIGNALS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// `SIGTERM` → `TERM`.
+pub fn signal_short_name(sig: Signal) -> &'static str {
+    let full = sig.as_str();
+    full.strip_prefix("SIG").unwrap_or(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_accept_docker_spellings() {
+        assert_eq!(parse_signal("TERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("SIGTERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigkill"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("CONT"), Some(Signal::SIGCONT));
+        assert_eq!(parse_signal("SIGBOGUS"), None);
+        assert_eq!(parse_signal_arg("sigint").as_deref(), Ok("INT"));
+        assert!(parse_signal_arg("9").is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! `bulwark ctl`: the client side of the control API, printing tables for people and JSON
+//! for scripts.
+//!
+//! Exit codes: 0 done; 1 the control API cannot be reached or refused the request; 2 the
+//! service name is unknown. Every failure is explained on stderr before returning, so the
+//! caller only has to exit with the code.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use crate::args::{CtlArgs, CtlCommand};
+use crate::client::{ClientError, ControlClient};
+use crate::logs;
+use crate::supervisor::{ServiceStatus, State};
+
+/// Runs one `bulwark ctl` command against the control API named in `args`.
+pub async fn run_ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let client = ControlClient::new(&args.control);
+    match execute(&client, &args).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(match e {
+                ClientError::UnknownService { .. } => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            })
+        }
+    }
+}
+
+async fn execute(client: &ControlClient, args: &CtlArgs) -> Result<ExitCode, ClientError> {
+    let status = match &args.command {
+        CtlCommand::Status => {
+            let services = client.services().await?;
+            if args.json {
+                print_json(&services);
+            } else {
+                print!("{}", status_table(&services));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        CtlCommand::Logs {
+            service,
+            grep,
+            tail,
+        } => {
+            let status = client.service(service).await?;
+            return Ok(print_logs(&status, grep.as_deref(), *tail).await);
+        }
+        CtlCommand::Stop { service } => client.act(service, "stop", None).await?,
+        CtlCommand::Start { service } => client.act(service, "start", None).await?,
+        CtlCommand::Restart { service } => client.act(service, "restart", None).await?,
+        CtlCommand::Kill { service, signal } => client.act(service, "kill", Some(signal)).await?,
+    };
+    if args.json {
+        print_json(&status);
+    } else {
+        println!("{}: {}", status.name, describe_state(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot encode JSON: {e}"),
+    }
+}
+
+/// Prints the raw lines of the service's log file (the `docker logs` stand-in). The file is
+/// read directly: `up` and `ctl` run on the same machine, and the API only says where it is.
+async fn print_logs(status: &ServiceStatus, grep: Option<&str>, tail: Option<usize>) -> ExitCode {
+    let stdout = std::io::stdout();
+    let result = logs::read_log(&status.log_file, grep, tail, |line| {
+        let mut out = stdout.lock();
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.write_all(b"\n");
+    })
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "{} has not logged anything yet ({} does not exist)",
+                status.name,
+                status.log_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", status.log_file.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `running`, `exited (0)`, `restarting (exit 3)`, `stopped (SIGKILL)`, …
+pub fn describe_state(s: &ServiceStatus) -> String {
+    let how = match (&s.exit_code, &s.exit_signal) {
+        (Some(code), _) => Some(code.to_string()),
+        (None, Some(sig)) => Some(sig.clone()),
+        (None, None) => None,
+    };
+    match (s.state, how) {
+        (State::Running, _) => "running".to_owned(),
+        (State::Crashed, _) => match &s.last_error {
+            Some(e) => format!("crashed: {e}"),
+            None => "crashed".to_owned(),
+        },
+        (State::Restarting, Some(how)) => format!("restarting (exit {how})"),
+        (state, Some(how)) => format!("{} ({how})", state.as_str()),
+        (state, None) => state.as_str().to_owned(),
+    }
+}
+
+/// `3s`, `2m05s`, `1h02m`.
+fn human_duration(secs: f64) -> String {
+    // Truncation is intended: the table shows whole seconds.
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The `docker-compose ps`-style table of `ctl status`.
+pub fn status_table(services: &[ServiceStatus]) -> String {
+    let header = [
+        "NAME", "KIND", "PORT", "PID", "STATE", "HEALTH", "RESTARTS", "UPTIME",
+    ];
+    let rows: Vec<[String; 8]> = services
+        .iter()
+        .map(|s| {
+            [
+                s.name.clone(),
+                s.kind.as_str().to_owned(),
+                s.port.to_string(),
+                s.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                describe_state(s),
+                match (s.state, s.healthy) {
+                    (State::Running, true) => "healthy".to_owned(),
+                    (State::Running, false) => "unhealthy".to_owned(),
+                    _ => "-".to_owned(),
+                },
+                s.restarts.to_string(),
+                s.uptime_secs.map_or_else(|| "-".to_owned(), human_duration),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header.map(str::to_owned));
+    for row in &rows {
+        line(row);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::ServiceKind;
+
+    fn status(name: &str, state: State, code: Option<i32>) -> ServiceStatus {
+        ServiceStatus {
+            name: name.to_owned(),
+            kind: ServiceKind::Gateway,
+            port: 5002,
+            pid: (state == State::Running).then_some(42),
+            state,
+            exit_code: code,
+            exit_signal: None,
+            restarts: 1,
+            uptime_secs: (state == State::Running).then_some(125.0),
+            healthy: true,
+            last_error: None,
+            log_file: "/d/logs/x.log".into(),
+        }
+    }
+
+    #[test]
+    fn table_looks_like_compose_ps() {
+        let table = status_table(&[
+            status("app_cp", State::Running, None),
+            status("app_ap", State::Exited, Some(0)),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME    KIND     PORT  PID  STATE       HEALTH   RESTARTS  UPTIME"
+        );
+        assert_eq!(
+            lines[1],
+            "app_cp  gateway  5002  42   running     healthy  1         2m05s"
+        );
+        assert_eq!(
+            lines[2],
+            "app_ap  gateway  5002  -    exited (0)  -        1         -"
+        );
+    }
+}

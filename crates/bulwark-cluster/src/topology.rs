@@ -1,0 +1,346 @@
+//! What `up` runs: a list of services, each a command line plus how to tell it is healthy.
+//!
+//! The supervisor knows nothing about Bulwark beyond this description, so tests build a
+//! [`Topology`] of small fake services (`sh -c 'exit 3'`, a Python HTTP stub, a
+//! `redis-server` on a free port) and exercise the real supervisor and control API.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::args::{Backend, UpArgs};
+
+/// First replica port (`db_g1`); replica `i` (1-based) listens on `6400 + i`.
+pub const REPLICA_BASE_PORT: u16 = 6400;
+/// AP gateway port (`app_ap`).
+pub const AP_PORT: u16 = 5001;
+/// CP gateway port (`app_cp`).
+pub const CP_PORT: u16 = 5002;
+/// Quorum gateway port (`app_quorum`).
+pub const QUORUM_PORT: u16 = 5003;
+
+/// The role of a service, which decides its start and stop order: replicas start first and
+/// stop last, as gateways depend on them (`depends_on: service_healthy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// A storage replica (`bulwark node` or `redis-server`).
+    Replica,
+    /// An HTTP gateway in front of the replicas.
+    Gateway,
+}
+
+impl ServiceKind {
+    /// Lower-case name as shown in `ctl status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::Replica => "replica",
+            ServiceKind::Gateway => "gateway",
+        }
+    }
+}
+
+/// How the supervisor decides a running service is healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// A TCP connection to the port is accepted.
+    Tcp,
+    /// The port answers a RESP `PING` with `+PONG` (replicas).
+    RespPing,
+    /// `GET <path>` on the port answers 200 (gateways: `/health/ready`).
+    Http {
+        /// Request path, starting with `/`.
+        path: String,
+    },
+}
+
+/// One supervised service: its name, its command line and how to probe it.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Unique name (`db_g1`, `app_ap`); also the log file name.
+    pub name: String,
+    /// Decides start/stop order.
+    pub kind: ServiceKind,
+    /// The port it listens on (127.0.0.1), checked free before start and probed for health.
+    pub port: u16,
+    /// Human label for the endpoints table (`AP gateway`).
+    pub label: String,
+    /// Executable to run.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Extra environment on top of the inherited one (the supervisor's environment, with
+    /// `SECRET_KEY`, `LOG_LEVEL`, `CB_*` …, is always passed through).
+    pub env: Vec<(OsString, OsString)>,
+    /// How to tell it is healthy.
+    pub health: HealthCheck,
+}
+
+impl ServiceSpec {
+    /// The URL a user would use to reach it (`http://…` for gateways, `redis://…` for
+    /// replicas).
+    pub fn url(&self) -> String {
+        match self.kind {
+            ServiceKind::Gateway => format!("http://127.0.0.1:{}", self.port),
+            ServiceKind::Replica => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+}
+
+/// Timings of supervision. Production values are [`Policy::default`]; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Delay before the first restart after a crash; doubled at each further crash.
+    pub backoff_initial: Duration,
+    /// Longest delay between restarts.
+    pub backoff_max: Duration,
+    /// A child that ran at least this long before crashing restarts after
+    /// `backoff_initial` again (it was healthy for a while; this is a new incident).
+    pub backoff_reset_after: Duration,
+    /// How long a stop waits after SIGTERM before SIGKILL (docker's default, 10 s).
+    pub stop_timeout: Duration,
+    /// Period of the background health probes shown in `ctl status`.
+    pub health_interval: Duration,
+    /// Timeout of one health probe.
+    pub health_timeout: Duration,
+    /// How long `up` waits for each service to become healthy at start-up.
+    pub startup_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+            backoff_reset_after: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+            health_interval: Duration::from_secs(1),
+            health_timeout: Duration::from_secs(1),
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything `up` runs and where it keeps its files.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Services, in any order (start order comes from their kind).
+    pub services: Vec<ServiceSpec>,
+    /// Holds the lock file and `logs/` (and, for real clusters, the replicas' data).
+    pub data_dir: PathBuf,
+    /// Address of the control API (port 0 is allowed: the bound address is reported).
+    pub control: SocketAddr,
+    /// Supervision timings.
+    pub policy: Policy,
+    /// Echo service logs to the terminal as a merged, readable stream.
+    pub echo_logs: bool,
+}
+
+impl Topology {
+    /// The directory of the per-service log files.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// The cluster `bulwark up` runs for these arguments; children are `exe` (the running
+    /// `bulwark` binary) with the `node` and `gateway` subcommands, or `redis-server`.
+    pub fn from_up_args(args: &UpArgs, exe: &Path) -> Topology {
+        let mut services = Vec::new();
+        let replicas: Vec<(String, u16)> = (1..=u16::from(args.replicas))
+            .map(|i| (format!("db_g{i}"), REPLICA_BASE_PORT + i))
+            .collect();
+        for (name, port) in &replicas {
+            let dir = args.data_dir.join(name);
+            let (program, argv): (PathBuf, Vec<OsString>) = match args.backend {
+                Backend::Bulwark => (
+                    exe.to_path_buf(),
+                    vec![
+                        "node".into(),
+                        "--name".into(),
+                        name.into(),
+                        "--port".into(),
+                        port.to_string().into(),
+                        "--dir".into(),
+                        dir.into_os_string(),
+                        "--appendfsync".into(),
+                        args.appendfsync.as_str().into(),
+                    ],
+                ),
+                Backend::Redis => (
+                    PathBuf::from("redis-server"),
+                    vec![
+                        "--port".into(),
+                        port.to_string().into(),
+                        "--bind".into(),
+                        "127.0.0.1".into(),
+                        "--appendonly".into(),
+                        "yes".into(),
+                        "--appendfsync".into(),
+                        args.appendfsync.as_str().into(),
+                        "--save".into(),
+                        "".into(),
+                        "--dir".into(),
+                        dir.into_os_string(),
+                    ],
+                ),
+            };
+            services.push(ServiceSpec {
+                name: name.clone(),
+                kind: ServiceKind::Replica,
+                port: *port,
+                label: format!("replica {name}"),
+                program,
+                args: argv,
+                env: Vec::new(),
+                health: HealthCheck::RespPing,
+            });
+        }
+        let replica_list = replicas
+            .iter()
+            .map(|(name, port)| format!("{name}=127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut gateways = vec![
+            ("app_ap", "ap", AP_PORT, "AP gateway"),
+            ("app_cp", "cp", CP_PORT, "CP gateway"),
+        ];
+        if args.replicas >= 3 && !args.no_quorum {
+            gateways.push(("app_quorum", "quorum", QUORUM_PORT, "quorum gateway"));
+        }
+        for (name, mode, port, label) in gateways {
+            services.push(ServiceSpec {
+                name: name.to_owned(),
+                kind: ServiceKind::Gateway,
+                port,
+                label: label.to_owned(),
+                program: exe.to_path_buf(),
+                args: vec![
+                    "gateway".into(),
+                    "--mode".into(),
+                    mode.into(),
+                    "--port".into(),
+                    port.to_string().into(),
+                    "--name".into(),
+                    name.into(),
+                    "--replicas".into(),
+                    replica_list.clone().into(),
+                    "--backend".into(),
+                    args.backend.as_str().into(),
+                ],
+                env: Vec::new(),
+                health: HealthCheck::Http {
+                    path: "/health/ready".to_owned(),
+                },
+            });
+        }
+        Topology {
+            services,
+            data_dir: args.data_dir.clone(),
+            control: SocketAddr::from(([127, 0, 0, 1], args.control_port)),
+            policy: Policy {
+                startup_timeout: Duration::from_secs(args.startup_timeout),
+                ..Policy::default()
+            },
+            echo_logs: !args.quiet,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Appendfsync;
+
+    fn args(replicas: u8, backend: Backend) -> UpArgs {
+        UpArgs {
+            replicas,
+            backend,
+            data_dir: PathBuf::from("/d"),
+            control_port: 7070,
+            no_quorum: false,
+            foreground_logs: false,
+            quiet: false,
+            appendfsync: Appendfsync::Always,
+            startup_timeout: 30,
+        }
+    }
+
+    fn argv(s: &ServiceSpec) -> Vec<String> {
+        s.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn two_replicas_give_the_seed_topology() {
+        let t = Topology::from_up_args(&args(2, Backend::Bulwark), Path::new("/bin/bulwark"));
+        let names: Vec<_> = t
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.port))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("db_g1", 6401),
+                ("db_g2", 6402),
+                ("app_ap", 5001),
+                ("app_cp", 5002)
+            ]
+        );
+        assert_eq!(
+            argv(&t.services[0]),
+            [
+                "node",
+                "--name",
+                "db_g1",
+                "--port",
+                "6401",
+                "--dir",
+                "/d/db_g1",
+                "--appendfsync",
+                "always"
+            ]
+        );
+        assert_eq!(
+            argv(&t.services[3]),
+            [
+                "gateway",
+                "--mode",
+                "cp",
+                "--port",
+                "5002",
+                "--name",
+                "app_cp",
+                "--replicas",
+                "db_g1=127.0.0.1:6401,db_g2=127.0.0.1:6402",
+                "--backend",
+                "bulwark"
+            ]
+        );
+        assert_eq!(t.control.port(), 7070);
+    }
+
+    #[test]
+    fn three_replicas_add_a_quorum_gateway_unless_disabled() {
+        let mut a = args(3, Backend::Redis);
+        let t = Topology::from_up_args(&a, Path::new("/bin/bulwark"));
+        assert!(
+            t.services
+                .iter()
+                .any(|s| s.name == "app_quorum" && s.port == 5003)
+        );
+        let g3 = t.services.iter().find(|s| s.name == "db_g3");
+        assert_eq!(
+            g3.map(|s| s.program.clone()),
+            Some(PathBuf::from("redis-server"))
+        );
+        a.no_quorum = true;
+        let t = Topology::from_up_args(&a, Path::new("/bin/bulwark"));
+        assert!(!t.services.iter().any(|s| s.name == "app_quorum"));
+    }
+}
