@@ -1,0 +1,341 @@
+//! When writes reach the disk: the `appendfsync` policy and the group committer.
+//!
+//! Every write to the journal takes a [`Ticket`]: its position in the order of writes.
+//! A sync that *starts* after a write finished covers that write (the journal is one
+//! sequential file), so the committer only has to remember the highest ticket issued when
+//! it began an fsync. Writers that need durability register their ticket and wait on a
+//! watch channel; one fsync then releases every writer that arrived before it (group
+//! commit). Under `everysec` the same thread also syncs once a second.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use fjall::{Database, PersistMode};
+use tokio::sync::watch;
+
+use crate::StorageError;
+use crate::store::FsyncObserver;
+
+/// When acknowledged writes are fsynced, with Redis's names and meanings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Appendfsync {
+    /// Acknowledge a write only after it is on disk (group-committed fsync).
+    Always,
+    /// Write to the OS before acknowledging; fsync in the background once a second, so a
+    /// power loss loses at most about a second of acknowledged writes.
+    Everysec,
+    /// Write to the OS before acknowledging and let the OS decide when to flush.
+    No,
+}
+
+impl Appendfsync {
+    /// The Redis configuration value (`always`, `everysec`, `no`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Appendfsync::Always => "always",
+            Appendfsync::Everysec => "everysec",
+            Appendfsync::No => "no",
+        }
+    }
+}
+
+impl fmt::Display for Appendfsync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not an `appendfsync` policy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid appendfsync policy {0:?}: expected always, everysec or no")]
+pub struct AppendfsyncParseError(pub String);
+
+impl FromStr for Appendfsync {
+    type Err = AppendfsyncParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "always" => Ok(Appendfsync::Always),
+            "everysec" => Ok(Appendfsync::Everysec),
+            "no" => Ok(Appendfsync::No),
+            _ => Err(AppendfsyncParseError(s.chars().take(40).collect())),
+        }
+    }
+}
+
+/// A write's place in the journal, to be acknowledged with [`crate::Store::ack`] before
+/// the write is reported to a client. Tickets merge, so a pipeline of writes needs one
+/// acknowledgement (one fsync under `always`) for the whole batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[must_use = "a write must be acknowledged with Store::ack before replying"]
+pub struct Ticket {
+    /// Sequence number of the write; 0 for "nothing was written".
+    pub(crate) seq: u64,
+    /// The write must be fsynced whatever the policy (protocol operations).
+    pub(crate) sync: bool,
+}
+
+impl Ticket {
+    /// The ticket of an operation that wrote nothing.
+    pub const NONE: Ticket = Ticket {
+        seq: 0,
+        sync: false,
+    };
+
+    /// One ticket covering both writes.
+    pub fn merge(self, other: Ticket) -> Ticket {
+        Ticket {
+            seq: self.seq.max(other.seq),
+            sync: self.sync || other.sync,
+        }
+    }
+
+    /// Whether the operation wrote nothing.
+    pub fn is_none(&self) -> bool {
+        self.seq == 0
+    }
+}
+
+/// What the committer thread is asked to do.
+#[derive(Debug, Default)]
+struct SyncRequest {
+    /// Highest ticket a writer is waiting to see fsynced.
+    requested: u64,
+    /// Set by close: sync everything once more and exit.
+    stop: bool,
+}
+
+/// The shared state of the group committer.
+pub(crate) struct Durability {
+    /// The database whose journal is synced.
+    db: Database,
+    /// The configured policy for writes that do not insist on a sync.
+    policy: Appendfsync,
+    /// Tickets issued so far (the last one handed out).
+    written: AtomicU64,
+    /// Highest ticket known to be in OS buffers (flushed out of the journal's buffer).
+    os_flushed: AtomicU64,
+    /// Pending sync requests; the committer sleeps on `wake` until there is one.
+    request: Mutex<SyncRequest>,
+    /// Wakes the committer thread.
+    wake: Condvar,
+    /// Highest ticket known durable; writers wait on it. `u64::MAX` after a failure.
+    durable: watch::Sender<u64>,
+    /// Set once if an fsync fails: from then on nothing is acknowledged as durable.
+    failed: OnceLock<String>,
+    /// Called with the duration of every fsync (the node records a histogram).
+    observer: Option<FsyncObserver>,
+    /// Number of fsyncs done.
+    fsyncs: AtomicU64,
+}
+
+impl fmt::Debug for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Durability")
+            .field("policy", &self.policy)
+            .field("written", &self.written)
+            .field("durable", &*self.durable.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Durability {
+    pub(crate) fn new(db: Database, policy: Appendfsync, observer: Option<FsyncObserver>) -> Self {
+        Durability {
+            db,
+            policy,
+            written: AtomicU64::new(0),
+            os_flushed: AtomicU64::new(0),
+            request: Mutex::new(SyncRequest::default()),
+            wake: Condvar::new(),
+            durable: watch::Sender::new(0),
+            failed: OnceLock::new(),
+            observer,
+            fsyncs: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn policy(&self) -> Appendfsync {
+        self.policy
+    }
+
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// A ticket for a write that has just reached the journal. Must be called *after* the
+    /// write, so that any sync starting later covers it.
+    pub(crate) fn issue(&self, sync: bool) -> Ticket {
+        Ticket {
+            seq: self.written.fetch_add(1, Ordering::AcqRel) + 1,
+            sync,
+        }
+    }
+
+    /// Waits until the write behind `ticket` is as durable as the policy (or the ticket)
+    /// demands.
+    pub(crate) async fn ack(&self, ticket: Ticket) -> Result<(), StorageError> {
+        if ticket.seq == 0 {
+            return Ok(());
+        }
+        if ticket.sync || self.policy == Appendfsync::Always {
+            self.wait_durable(ticket.seq).await
+        } else {
+            self.flush_os(ticket.seq)
+        }
+    }
+
+    /// Moves everything up to `seq` from the journal's user-space buffer into the OS, so
+    /// a crash of this process (not of the machine) loses nothing acknowledged. Skipped
+    /// when another writer's flush already covered it.
+    pub(crate) fn flush_os(&self, seq: u64) -> Result<(), StorageError> {
+        if self.os_flushed.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let target = self.written.load(Ordering::Acquire);
+        self.db.persist(PersistMode::Buffer)?;
+        self.os_flushed.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    async fn wait_durable(&self, seq: u64) -> Result<(), StorageError> {
+        let mut rx = self.durable.subscribe();
+        if *rx.borrow() < seq {
+            {
+                let mut req = self
+                    .request
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if req.stop {
+                    return Err(StorageError::Closed);
+                }
+                if req.requested < seq {
+                    req.requested = seq;
+                    self.wake.notify_one();
+                }
+            }
+            rx.wait_for(|d| *d >= seq)
+                .await
+                .map_err(|_| StorageError::Closed)?;
+        }
+        match self.failed.get() {
+            Some(e) => Err(StorageError::SyncFailed(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Syncs now, from the calling thread (close, restore).
+    pub(crate) fn sync_now(&self) -> Result<(), StorageError> {
+        let target = self.written.load(Ordering::Acquire);
+        let start = Instant::now();
+        match self.db.persist(PersistMode::SyncData) {
+            Ok(()) => {
+                self.fsyncs.fetch_add(1, Ordering::Relaxed);
+                if let Some(observe) = &self.observer {
+                    observe(start.elapsed());
+                }
+                self.os_flushed.fetch_max(target, Ordering::AcqRel);
+                self.durable.send_modify(|d| *d = (*d).max(target));
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "storage fsync failed; writes are no longer acknowledged");
+                let _ = self.failed.set(msg.clone());
+                self.durable.send_replace(u64::MAX);
+                Err(StorageError::SyncFailed(msg))
+            }
+        }
+    }
+
+    /// Asks the committer thread to sync once more and exit.
+    pub(crate) fn stop(&self) {
+        let mut req = self
+            .request
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        req.stop = true;
+        self.wake.notify_all();
+    }
+
+    /// The committer thread's body. It sleeps until a writer asks for a sync (or, under
+    /// `everysec`, until the next second), syncs everything written so far, and wakes the
+    /// writers it covered.
+    pub(crate) fn run_committer(self: Arc<Self>) {
+        const EVERY: Duration = Duration::from_secs(1);
+        let mut next_tick = Instant::now() + EVERY;
+        loop {
+            let mut req = self
+                .request
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            loop {
+                let durable = *self.durable.borrow();
+                if req.requested > durable {
+                    break;
+                }
+                if req.stop {
+                    drop(req);
+                    if self.written.load(Ordering::Acquire) > *self.durable.borrow() {
+                        let _ = self.sync_now();
+                    }
+                    return;
+                }
+                if self.policy == Appendfsync::Everysec {
+                    let now = Instant::now();
+                    if now >= next_tick {
+                        next_tick = now + EVERY;
+                        if self.written.load(Ordering::Acquire) > durable {
+                            break;
+                        }
+                        continue;
+                    }
+                    req = self
+                        .wake
+                        .wait_timeout(req, next_tick - now)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0;
+                } else {
+                    req = self
+                        .wake
+                        .wait(req)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+            }
+            drop(req);
+            if self.sync_now().is_err() {
+                // Waiters were released with the failure; nothing more can be made durable.
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_like_redis() {
+        assert_eq!("always".parse(), Ok(Appendfsync::Always));
+        assert_eq!("EverySec".parse(), Ok(Appendfsync::Everysec));
+        assert_eq!("no".parse(), Ok(Appendfsync::No));
+        assert!("sometimes".parse::<Appendfsync>().is_err());
+        assert_eq!(Appendfsync::Everysec.to_string(), "everysec");
+    }
+
+    #[test]
+    fn tickets_merge_to_the_latest_and_strictest() {
+        let a = Ticket { seq: 3, sync: true };
+        let b = Ticket {
+            seq: 5,
+            sync: false,
+        };
+        assert_eq!(a.merge(b), Ticket { seq: 5, sync: true });
+        assert!(Ticket::NONE.is_none());
+        assert_eq!(Ticket::NONE.merge(b), b);
+    }
+}
