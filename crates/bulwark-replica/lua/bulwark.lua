@@ -1,0 +1,177 @@
+#!lua name=bulwark
+--[[
+The Bulwark replica protocol as a Redis (>= 7) function library.
+
+See docs/ARCHITECTURE.md, "The replica protocol": these functions have the arguments and
+the reply shapes of the native BW.* commands of a `bulwark node`, and are called as
+
+    FCALL bw_get     1 <key>
+    FCALL bw_put     1 <key> <version> <tomb 0|1> <value>
+    FCALL bw_prepare 1 <key> <version> <coordinator> <tomb 0|1> <value>
+    FCALL bw_commit  1 <key> <version>
+    FCALL bw_abort   1 <key> <version>
+    FCALL bw_format  0                      -> layout version (integer)
+
+Each call runs atomically (Redis runs one function at a time), so no WATCH/MULTI is needed.
+Durability is the server's `appendfsync` policy: replicas used for CP or quorum writes must
+run with `appendonly yes` and `appendfsync always`, so that PREPARE/COMMIT/ABORT are on
+disk when they are acknowledged.
+
+Key layout, version 1 (FORMAT below). Everything about user key K lives in ONE hash, so
+every call touches exactly one Redis key:
+
+    bw:K  (hash)
+      v        committed version: 24 lowercase hex digits; absent if never committed
+      d        committed value (binary-safe); "" for a tombstone
+      t        "1" if the committed record is a tombstone, else "0"
+      p:<V>    value of pending write V ("" for a tombstone)
+      c:<V>    coordinator of pending write V; its presence means "V is pending"
+      t:<V>    "1" if pending write V is a tombstone, else "0"
+
+So the hash has 3 fields per pending write, plus 3 when a committed record exists; the
+pending count is derived from HLEN. The hash name is derived from KEYS[1] (prefix "bw:")
+so that Bulwark data never collides with other data in the same Redis; this is fine on a
+standalone Redis (what Bulwark runs against), not on Redis Cluster.
+
+Versions are fixed-width lowercase hex, so comparing them as strings orders them as
+numbers; every version argument is checked for that form. Values and keys are Lua strings,
+which are binary-safe. Nil inside a reply array is written `false` (Lua tables cannot
+hold nil; Redis turns false into a nil bulk reply).
+]]
+
+local FORMAT = 1
+local MAX_PENDING = 16
+
+local function hash_of(keys)
+  return 'bw:' .. keys[1]
+end
+
+-- Returns an error message if `version` is not 24 lowercase hex digits.
+local function bad_version(version)
+  if type(version) ~= 'string' or #version ~= 24 or not string.match(version, '^[0-9a-f]+$') then
+    return 'ERR invalid version: expected 24 lowercase hex digits'
+  end
+  return nil
+end
+
+local function bad_tomb(tomb)
+  if tomb ~= '0' and tomb ~= '1' then
+    return 'ERR invalid tombstone flag: expected 0 or 1'
+  end
+  return nil
+end
+
+local function check_key(keys)
+  if #keys ~= 1 then
+    return 'ERR exactly one key expected'
+  end
+  return nil
+end
+
+-- [committed_version|nil, value|nil, tomb 0|1, [[pending_version, coordinator], ...]]
+local function bw_get(keys, args)
+  local err = check_key(keys)
+  if err then return redis.error_reply(err) end
+  local h = hash_of(keys)
+  local pending = {}
+  local versions = {}
+  for _, field in ipairs(redis.call('HKEYS', h)) do
+    if string.sub(field, 1, 2) == 'c:' then
+      versions[#versions + 1] = string.sub(field, 3)
+    end
+  end
+  table.sort(versions)
+  for i, v in ipairs(versions) do
+    pending[i] = { v, redis.call('HGET', h, 'c:' .. v) }
+  end
+  local c = redis.call('HMGET', h, 'v', 'd', 't')
+  if not c[1] then
+    return { false, false, 0, pending }
+  end
+  if c[3] == '1' then
+    return { c[1], false, 1, pending }
+  end
+  return { c[1], c[2] or '', 0, pending }
+end
+
+-- Last-write-wins: [applied 0|1, committed_version|nil]
+local function bw_put(keys, args)
+  local version, tomb, value = args[1], args[2], args[3]
+  local err = check_key(keys) or bad_version(version) or bad_tomb(tomb)
+  if err then return redis.error_reply(err) end
+  local h = hash_of(keys)
+  local cur = redis.call('HGET', h, 'v')
+  if cur and version <= cur then
+    return { 0, cur }
+  end
+  if tomb == '1' then value = '' end
+  redis.call('HSET', h, 'v', version, 'd', value or '', 't', tomb)
+  return { 1, version }
+end
+
+-- ["OK"|"STALE"|"BUSY", committed_version|nil]
+local function bw_prepare(keys, args)
+  local version, coordinator, tomb, value = args[1], args[2], args[3], args[4]
+  local err = check_key(keys) or bad_version(version) or bad_tomb(tomb)
+  if err then return redis.error_reply(err) end
+  if type(coordinator) ~= 'string' or #coordinator == 0 then
+    return redis.error_reply('ERR coordinator must not be empty')
+  end
+  local h = hash_of(keys)
+  local cur = redis.call('HGET', h, 'v')
+  if cur and version <= cur then
+    return { 'STALE', cur }
+  end
+  -- Preparing the same version again (a retried request) is idempotent.
+  if redis.call('HEXISTS', h, 'c:' .. version) == 0 then
+    local committed_fields = cur and 3 or 0
+    local pending = (redis.call('HLEN', h) - committed_fields) / 3
+    if pending >= MAX_PENDING then
+      return { 'BUSY', cur or false }
+    end
+  end
+  if tomb == '1' then value = '' end
+  redis.call('HSET', h, 'p:' .. version, value or '', 'c:' .. version, coordinator, 't:' .. version, tomb)
+  return { 'OK', cur or false }
+end
+
+-- 1 if pending `version` existed (it is now removed, and committed if newer), else 0
+local function bw_commit(keys, args)
+  local version = args[1]
+  local err = check_key(keys) or bad_version(version)
+  if err then return redis.error_reply(err) end
+  local h = hash_of(keys)
+  local p = redis.call('HMGET', h, 'c:' .. version, 'p:' .. version, 't:' .. version)
+  if not p[1] then
+    return 0
+  end
+  redis.call('HDEL', h, 'p:' .. version, 'c:' .. version, 't:' .. version)
+  local cur = redis.call('HGET', h, 'v')
+  if not cur or version > cur then
+    redis.call('HSET', h, 'v', version, 'd', p[2] or '', 't', p[3] or '0')
+  end
+  return 1
+end
+
+-- 1 if pending `version` was removed, 0 if it was absent
+local function bw_abort(keys, args)
+  local version = args[1]
+  local err = check_key(keys) or bad_version(version)
+  if err then return redis.error_reply(err) end
+  local h = hash_of(keys)
+  if redis.call('HDEL', h, 'p:' .. version, 'c:' .. version, 't:' .. version) > 0 then
+    return 1
+  end
+  return 0
+end
+
+local function bw_format(keys, args)
+  return FORMAT
+end
+
+redis.register_function{ function_name = 'bw_get', callback = bw_get, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'bw_put', callback = bw_put }
+redis.register_function{ function_name = 'bw_prepare', callback = bw_prepare }
+redis.register_function{ function_name = 'bw_commit', callback = bw_commit }
+redis.register_function{ function_name = 'bw_abort', callback = bw_abort }
+redis.register_function{ function_name = 'bw_format', callback = bw_format, flags = { 'no-writes' } }

@@ -1,0 +1,373 @@
+//! [`ReplicaClient`]: one replica, one multiplexed connection, every call bounded.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bulwark_core::{ReplicaState, Version};
+use redis::aio::MultiplexedConnection;
+use redis::io::tcp::TcpSettings;
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value,
+};
+use tokio::time::{Instant, timeout_at};
+
+use crate::error::from_redis;
+use crate::reply::{self, version_wire};
+pub use crate::reply::{PrepareReply, PutReply};
+use crate::{Dialect, ReplicaError, ReplicaSpec};
+
+/// The Redis function library implementing the protocol (`lua/bulwark.lua`).
+pub const LUA_LIBRARY: &str = include_str!("../lua/bulwark.lua");
+/// The key layout version `FCALL bw_format 0` returns for [`LUA_LIBRARY`].
+pub const LUA_FORMAT: i64 = 1;
+
+/// Requests in flight on one connection at most; later ones wait (within their timeout).
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Replica operations, with their names in both dialects (constants, not built per call).
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Get,
+    Put,
+    Prepare,
+    Commit,
+    Abort,
+}
+
+impl Op {
+    fn native(self) -> &'static str {
+        match self {
+            Op::Get => "BW.GET",
+            Op::Put => "BW.PUT",
+            Op::Prepare => "BW.PREPARE",
+            Op::Commit => "BW.COMMIT",
+            Op::Abort => "BW.ABORT",
+        }
+    }
+
+    fn function(self) -> &'static str {
+        match self {
+            Op::Get => "bw_get",
+            Op::Put => "bw_put",
+            Op::Prepare => "bw_prepare",
+            Op::Commit => "bw_commit",
+            Op::Abort => "bw_abort",
+        }
+    }
+}
+
+/// A client for one replica. Cheap to clone (all clones share one connection).
+///
+/// The connection is opened on first use and reopened on the next call after any error
+/// that may have left it closed, hung or out of sync (everything but an error reply).
+/// At most one connect is in flight: callers that queued behind a failed connect get its
+/// error instead of each trying again.
+#[derive(Clone)]
+pub struct ReplicaClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Name and address.
+    spec: ReplicaSpec,
+    /// Which command set the replica speaks.
+    dialect: Dialect,
+    /// Bound on every call, connect included.
+    timeout: Duration,
+    /// The `redis` client for the address, or why the address is unusable (reported by
+    /// every call rather than panicking at construction).
+    client: Result<redis::Client, String>,
+    /// Connection settings (timeouts, in-flight bound).
+    config: AsyncConnectionConfig,
+    /// The current connection. A std mutex: held to clone a handle, never across await.
+    slot: Mutex<Slot>,
+    /// Serializes connects (one in flight); held across the connect's await.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The open connection and its generation (so a late error on an old connection does
+    /// not drop a newer one).
+    conn: Option<(MultiplexedConnection, u64)>,
+    /// Last generation handed out.
+    generation: u64,
+    /// Connect attempts finished (success or failure).
+    attempts: u64,
+    /// Error of the last failed connect, for callers that queued behind it.
+    last_error: Option<ReplicaError>,
+}
+
+impl fmt::Debug for ReplicaClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicaClient")
+            .field("name", &self.inner.spec.name)
+            .field("addr", &self.inner.spec.addr)
+            .field("dialect", &self.inner.dialect)
+            .field("timeout", &self.inner.timeout)
+            .finish()
+    }
+}
+
+impl ReplicaClient {
+    /// A client for `spec` speaking `dialect`; every call (connect included) fails with
+    /// [`ReplicaError::Timeout`] after `timeout`. Does not connect yet.
+    pub fn new(spec: ReplicaSpec, dialect: Dialect, timeout: Duration) -> Self {
+        let client = spec
+            .host_port()
+            .map_err(|e| e.to_string())
+            .and_then(|(host, port)| {
+                let info = ConnectionAddr::Tcp(host.to_owned(), port)
+                    .into_connection_info()
+                    .map_err(|e| e.to_string())?
+                    // Latency matters more than packet count: no Nagle delay.
+                    .set_tcp_settings(TcpSettings::default().set_nodelay(true))
+                    // No CLIENT SETINFO round trip: a bulwark node does not need it.
+                    .set_redis_settings(RedisConnectionInfo::default().set_skip_set_lib_name());
+                redis::Client::open(info).map_err(|e| e.to_string())
+            });
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_concurrency_limit(MAX_IN_FLIGHT);
+        ReplicaClient {
+            inner: Arc::new(Inner {
+                spec,
+                dialect,
+                timeout,
+                client,
+                config,
+                slot: Mutex::new(Slot::default()),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The replica's name.
+    pub fn name(&self) -> &str {
+        &self.inner.spec.name
+    }
+
+    /// The replica's name and address.
+    pub fn spec(&self) -> &ReplicaSpec {
+        &self.inner.spec
+    }
+
+    /// The dialect this client speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.inner.dialect
+    }
+
+    /// `PING` (connecting, and on Redis loading the function library, if needed).
+    pub async fn ping(&self) -> Result<(), ReplicaError> {
+        let mut cmd = Cmd::with_capacity(1, 4);
+        cmd.arg("PING");
+        reply::pong(self.exec(&cmd).await?)
+    }
+
+    /// The key's committed record and pending writes (`BW.GET`).
+    pub async fn get(&self, key: &[u8]) -> Result<ReplicaState, ReplicaError> {
+        let cmd = self.command(Op::Get, key, 0, 0);
+        reply::get(self.exec(&cmd).await?)
+    }
+
+    /// Last-write-wins write of `value` (`None`: tombstone) at `version` (`BW.PUT`).
+    pub async fn put(
+        &self,
+        key: &[u8],
+        version: Version,
+        value: Option<&[u8]>,
+    ) -> Result<PutReply, ReplicaError> {
+        let body = value.unwrap_or_default();
+        let mut cmd = self.command(Op::Put, key, 3, body.len());
+        cmd.arg(&version_wire(version)[..])
+            .arg(tomb_flag(value))
+            .arg(body);
+        reply::put(self.exec(&cmd).await?)
+    }
+
+    /// First phase of a two-phase write (`BW.PREPARE`): records a pending write naming
+    /// its `coordinator`.
+    pub async fn prepare(
+        &self,
+        key: &[u8],
+        version: Version,
+        coordinator: &str,
+        value: Option<&[u8]>,
+    ) -> Result<PrepareReply, ReplicaError> {
+        let body = value.unwrap_or_default();
+        let mut cmd = self.command(Op::Prepare, key, 4, body.len() + coordinator.len());
+        cmd.arg(&version_wire(version)[..])
+            .arg(coordinator)
+            .arg(tomb_flag(value))
+            .arg(body);
+        reply::prepare(self.exec(&cmd).await?)
+    }
+
+    /// Commits pending `version` (`BW.COMMIT`): `true` if it was pending here, `false` if
+    /// it never was or was aborted.
+    pub async fn commit(&self, key: &[u8], version: Version) -> Result<bool, ReplicaError> {
+        let mut cmd = self.command(Op::Commit, key, 1, 0);
+        cmd.arg(&version_wire(version)[..]);
+        reply::existed(self.exec(&cmd).await?)
+    }
+
+    /// Aborts pending `version` (`BW.ABORT`): `true` if it was removed.
+    pub async fn abort(&self, key: &[u8], version: Version) -> Result<bool, ReplicaError> {
+        let mut cmd = self.command(Op::Abort, key, 1, 0);
+        cmd.arg(&version_wire(version)[..]);
+        reply::existed(self.exec(&cmd).await?)
+    }
+
+    /// The command for `op` on `key`, with room for `extra_args` more arguments of about
+    /// `extra_bytes` bytes (one allocation for the whole command in the common case).
+    fn command(&self, op: Op, key: &[u8], extra_args: usize, extra_bytes: usize) -> Cmd {
+        let bytes = key.len() + extra_bytes + 3 * 24;
+        match self.inner.dialect {
+            Dialect::Bulwark => {
+                let mut cmd = Cmd::with_capacity(2 + extra_args, bytes);
+                cmd.arg(op.native()).arg(key);
+                cmd
+            }
+            Dialect::Redis => {
+                let mut cmd = Cmd::with_capacity(4 + extra_args, bytes);
+                cmd.arg("FCALL").arg(op.function()).arg(b"1").arg(key);
+                cmd
+            }
+        }
+    }
+
+    /// Sends `cmd`, connecting first if needed; the whole call is bounded by the timeout.
+    async fn exec(&self, cmd: &Cmd) -> Result<Value, ReplicaError> {
+        let deadline = Instant::now() + self.inner.timeout;
+        let (mut conn, generation) = timeout_at(deadline, self.connection())
+            .await
+            .map_err(|_| ReplicaError::Timeout)??;
+        let mut result = send(&mut conn, cmd, deadline).await;
+        if self.inner.dialect == Dialect::Redis
+            && matches!(&result, Err(ReplicaError::Server(m)) if m.contains("Function not found"))
+        {
+            // The library vanished under an open connection (FUNCTION FLUSH, or a
+            // restart our connection survived): load it again and retry once.
+            result = match send(&mut conn, &load_library_cmd(), deadline).await {
+                Ok(_) => send(&mut conn, cmd, deadline).await,
+                Err(e) => Err(e),
+            };
+        }
+        if let Err(e) = &result
+            && !matches!(e, ReplicaError::Server(_))
+        {
+            self.invalidate(generation);
+        }
+        result
+    }
+
+    /// The open connection, or a new one (one connect in flight; see the type's docs).
+    async fn connection(&self) -> Result<(MultiplexedConnection, u64), ReplicaError> {
+        let attempts_seen = {
+            let slot = self.slot();
+            if let Some((conn, generation)) = &slot.conn {
+                return Ok((conn.clone(), *generation));
+            }
+            slot.attempts
+        };
+        let _connecting = self.inner.connecting.lock().await;
+        {
+            let slot = self.slot();
+            if let Some((conn, generation)) = &slot.conn {
+                return Ok((conn.clone(), *generation));
+            }
+            if slot.attempts != attempts_seen
+                && let Some(e) = &slot.last_error
+            {
+                return Err(e.clone()); // a connect failed while we waited: no stampede
+            }
+        }
+        let result = self.open().await;
+        let mut slot = self.slot();
+        slot.attempts += 1;
+        match result {
+            Ok(conn) => {
+                slot.generation += 1;
+                let generation = slot.generation;
+                slot.conn = Some((conn.clone(), generation));
+                slot.last_error = None;
+                Ok((conn, generation))
+            }
+            Err(e) => {
+                slot.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Connects; on Redis, (re)loads the function library on the new connection.
+    async fn open(&self) -> Result<MultiplexedConnection, ReplicaError> {
+        let client = self
+            .inner
+            .client
+            .as_ref()
+            .map_err(|e| ReplicaError::Connect(e.clone()))?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&self.inner.config)
+            .await
+            .map_err(|e| from_redis(&e))?;
+        if self.inner.dialect == Dialect::Redis {
+            let deadline = Instant::now() + self.inner.timeout;
+            match send(&mut conn, &load_library_cmd(), deadline).await? {
+                Value::BulkString(name) if name == b"bulwark" => {}
+                other => {
+                    return Err(ReplicaError::Protocol(format!(
+                        "FUNCTION LOAD answered {:.80}",
+                        format!("{other:?}")
+                    )));
+                }
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Drops connection `generation` if it is still the current one.
+    fn invalidate(&self, generation: u64) {
+        let mut slot = self.slot();
+        if slot.conn.as_ref().is_some_and(|(_, g)| *g == generation) {
+            slot.conn = None;
+        }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.inner.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One request/reply on `conn`, bounded by `deadline`; error replies become
+/// [`ReplicaError::Server`].
+async fn send(
+    conn: &mut MultiplexedConnection,
+    cmd: &Cmd,
+    deadline: Instant,
+) -> Result<Value, ReplicaError> {
+    match timeout_at(deadline, conn.send_packed_command(cmd)).await {
+        Err(_) => Err(ReplicaError::Timeout),
+        Ok(Err(e)) => Err(from_redis(&e)),
+        Ok(Ok(Value::ServerError(e))) => Err(ReplicaError::Server(match e.details() {
+            Some(d) => format!("{} {d}", e.code()),
+            None => e.code().to_owned(),
+        })),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+fn load_library_cmd() -> Cmd {
+    let mut cmd = Cmd::with_capacity(4, LUA_LIBRARY.len() + 32);
+    cmd.arg("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LUA_LIBRARY);
+    cmd
+}
+
+fn tomb_flag(value: Option<&[u8]>) -> &'static [u8] {
+    if value.is_some() { b"0" } else { b"1" }
+}
