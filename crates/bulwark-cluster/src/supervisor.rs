@@ -246,7 +246,7 @@ impl Supervisor {
                     echo: topology.echo_logs.then(|| Echo::new(&spec.name, i, width)),
                     child: None,
                     restart_at: None,
-                    backoff: topology.policy.backoff_initial,
+                    backoff: Backoff::new(&topology.policy),
                 };
                 tokio::spawn(actor.run(rx));
                 tokio::spawn(health_loop(
@@ -396,6 +396,45 @@ impl Supervisor {
     }
 }
 
+/// Crash-restart delays: `initial`, doubling up to `max`; a run of at least `reset_after`
+/// starts the sequence over (the crash is a new incident, not a crash loop).
+#[derive(Debug, Clone)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    reset_after: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(policy: &Policy) -> Backoff {
+        Backoff {
+            initial: policy.backoff_initial,
+            max: policy.backoff_max,
+            reset_after: policy.backoff_reset_after,
+            next: policy.backoff_initial,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    /// Records how long the process that just crashed had run.
+    fn ran_for(&mut self, uptime: Duration) {
+        if uptime >= self.reset_after {
+            self.reset();
+        }
+    }
+
+    /// The delay to wait now; the following one doubles (up to `max`).
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
 /// A running child and when it started.
 struct Running {
     child: Child,
@@ -414,7 +453,7 @@ struct Actor {
     /// When a crashed service is due to restart.
     restart_at: Option<Instant>,
     /// Delay before the next crash restart.
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 async fn wait_opt(child: &mut Option<Running>) -> std::io::Result<ExitStatus> {
@@ -465,7 +504,7 @@ impl Actor {
             Action::Start => {
                 if self.child.is_none() {
                     self.restart_at = None;
-                    self.backoff = self.policy.backoff_initial;
+                    self.backoff.reset();
                     self.spawn();
                 }
                 Ok(())
@@ -476,7 +515,7 @@ impl Actor {
             }
             Action::Restart => {
                 self.stop().await;
-                self.backoff = self.policy.backoff_initial;
+                self.backoff.reset();
                 self.spawn();
                 Ok(())
             }
@@ -543,8 +582,7 @@ impl Actor {
     }
 
     fn schedule_restart(&mut self) {
-        self.restart_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(self.policy.backoff_max);
+        self.restart_at = Some(Instant::now() + self.backoff.next_delay());
     }
 
     /// The process ended on its own (not through [`Actor::stop`]).
@@ -557,16 +595,14 @@ impl Actor {
         if clean {
             l.state = State::Exited;
             drop(l);
-            self.backoff = self.policy.backoff_initial;
+            self.backoff.reset();
         } else {
             l.state = State::Restarting;
             if let Err(e) = &status {
                 l.last_error = Some(format!("cannot wait for process: {e}"));
             }
             drop(l);
-            if uptime >= self.policy.backoff_reset_after {
-                self.backoff = self.policy.backoff_initial;
-            }
+            self.backoff.ran_for(uptime);
             self.schedule_restart();
         }
     }
@@ -639,5 +675,22 @@ async fn health_loop(
         if l.pid == Some(pid) && l.state == State::Running {
             l.healthy = ok;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets_after_a_long_run() {
+        let mut b = Backoff::new(&Policy::default());
+        let ms = |d: Duration| d.as_millis();
+        let delays: Vec<u128> = (0..7).map(|_| ms(b.next_delay())).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 10000, 10000]);
+        b.ran_for(Duration::from_secs(29));
+        assert_eq!(ms(b.next_delay()), 10000);
+        b.ran_for(Duration::from_secs(30));
+        assert_eq!(ms(b.next_delay()), 500);
     }
 }
