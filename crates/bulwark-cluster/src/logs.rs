@@ -6,6 +6,9 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde_json::Value;
@@ -48,16 +51,59 @@ impl Echo {
         }
     }
 
-    /// Writes one raw line to the terminal, formatted.
+    /// Queues one raw line, formatted, for the terminal.
     fn print(&self, raw: &[u8]) {
         let text = String::from_utf8_lossy(raw);
-        let line = format!(
+        terminal_line(format!(
             "{}{}\n",
             self.prefix,
             format_line(&text, &self.service, self.colour)
-        );
-        // A closed terminal must not take the supervisor down: errors are ignored.
-        let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        ));
+    }
+}
+
+/// Lines waiting for the terminal writer thread.
+const TERMINAL_QUEUE: usize = 4096;
+
+/// The terminal writer: a thread fed by a bounded queue, so a slow or paused terminal
+/// (`bulwark up | less`) never blocks the runtime. The echo is best-effort: when the queue
+/// is full, lines are dropped (and counted) — the log files are the record.
+struct Terminal {
+    tx: SyncSender<String>,
+    dropped: AtomicU64,
+}
+
+fn terminal_line(line: String) {
+    static TERMINAL: OnceLock<Option<Terminal>> = OnceLock::new();
+    let terminal = TERMINAL.get_or_init(|| {
+        let (tx, rx) = sync_channel::<String>(TERMINAL_QUEUE);
+        std::thread::Builder::new()
+            .name("bulwark-up-terminal".to_owned())
+            .spawn(move || {
+                for line in rx {
+                    // A closed terminal must not take the supervisor down: errors are ignored.
+                    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+                }
+            })
+            .ok()
+            .map(|_| Terminal {
+                tx,
+                dropped: AtomicU64::new(0),
+            })
+    });
+    let Some(t) = terminal else { return };
+    let dropped = t.dropped.load(Ordering::Relaxed);
+    if dropped > 0
+        && t.tx
+            .try_send(format!(
+                "… {dropped} log lines not shown (terminal too slow; see the log files)\n"
+            ))
+            .is_ok()
+    {
+        t.dropped.fetch_sub(dropped, Ordering::Relaxed);
+    }
+    if let Err(TrySendError::Full(_)) = t.tx.try_send(line) {
+        t.dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -117,7 +117,9 @@ impl Default for Policy {
             backoff_max: Duration::from_secs(10),
             backoff_reset_after: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
-            health_interval: Duration::from_secs(1),
+            // Gateways log each probe like any request; every 2 s keeps `ctl status`
+            // current without drowning their logs.
+            health_interval: Duration::from_secs(2),
             health_timeout: Duration::from_secs(1),
             startup_timeout: Duration::from_secs(30),
         }
