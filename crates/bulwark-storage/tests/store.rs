@@ -1,0 +1,406 @@
+//! Behaviour of the store through its public API, on real directories.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use bulwark_core::Version;
+use bulwark_storage::{
+    Appendfsync, FORMAT_MARKER, MAX_PENDING, PrepareStatus, StorageError, Store, StoreConfig,
+};
+use bytes::Bytes;
+
+fn v(ms: u64) -> Version {
+    Version {
+        physical_ms: ms,
+        logical: 0,
+        writer: 1,
+    }
+}
+
+fn open(dir: &Path, policy: Appendfsync) -> Store {
+    Store::open(StoreConfig::new(dir, policy, 7)).unwrap().0
+}
+
+#[tokio::test]
+async fn put_is_last_write_wins_including_tombstones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), Appendfsync::Everysec);
+
+    let (r, t) = s.put(b"k", v(10), Some(b"ten")).unwrap();
+    s.ack(t).await.unwrap();
+    assert!(r.applied);
+    assert_eq!(r.committed, Some(v(10)));
+
+    // Older and equal versions do not apply and report the committed version.
+    let (r, t) = s.put(b"k", v(5), Some(b"five")).unwrap();
+    assert!(t.is_none());
+    assert_eq!((r.applied, r.committed), (false, Some(v(10))));
+    let (r, _) = s.put(b"k", v(10), Some(b"again")).unwrap();
+    assert!(!r.applied);
+    assert_eq!(s.get(b"k").unwrap().as_deref(), Some(&b"ten"[..]));
+
+    // A newer tombstone deletes; an older write cannot resurrect the key.
+    let (r, t) = s.put(b"k", v(20), None).unwrap();
+    s.ack(t).await.unwrap();
+    assert!(r.applied);
+    assert_eq!(s.get(b"k").unwrap(), None);
+    assert_eq!(s.dbsize(), 0);
+    let (r, _) = s.put(b"k", v(15), Some(b"late")).unwrap();
+    assert!(!r.applied);
+    let state = s.get_state(b"k").unwrap();
+    let rec = state.committed.unwrap();
+    assert_eq!((rec.version, rec.value), (v(20), None));
+}
+
+#[tokio::test]
+async fn prepare_commit_abort_follow_the_protocol() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), Appendfsync::No);
+
+    let r = s.prepare(b"k", v(10), "db_g1", Some(b"a")).await.unwrap();
+    assert_eq!((r.status, r.committed), (PrepareStatus::Ok, None));
+    // Pending writes are invisible to reads of the committed value.
+    assert_eq!(s.get(b"k").unwrap(), None);
+    let st = s.get_state(b"k").unwrap();
+    assert_eq!(st.pending.len(), 1);
+    assert_eq!(st.pending[0].version, v(10));
+    assert_eq!(st.pending[0].coordinator, "db_g1");
+
+    assert!(s.commit(b"k", v(10)).await.unwrap());
+    assert_eq!(s.get(b"k").unwrap().as_deref(), Some(&b"a"[..]));
+    assert!(s.get_state(b"k").unwrap().pending.is_empty());
+    // Committing again, or something never prepared, answers 0.
+    assert!(!s.commit(b"k", v(10)).await.unwrap());
+    assert!(!s.commit(b"k", v(99)).await.unwrap());
+
+    // STALE at or below the committed version.
+    let r = s.prepare(b"k", v(10), "db_g1", Some(b"b")).await.unwrap();
+    assert_eq!((r.status, r.committed), (PrepareStatus::Stale, Some(v(10))));
+
+    // Abort, then a late commit of the same version answers 0 and changes nothing.
+    s.prepare(b"k", v(30), "db_g2", Some(b"c")).await.unwrap();
+    assert!(s.abort(b"k", v(30)).await.unwrap());
+    assert!(!s.abort(b"k", v(30)).await.unwrap());
+    assert!(!s.commit(b"k", v(30)).await.unwrap());
+    assert_eq!(s.get(b"k").unwrap().as_deref(), Some(&b"a"[..]));
+
+    // Committing an older pending version after a newer commit removes it but does not
+    // roll the committed record back.
+    s.prepare(b"k", v(40), "db_g1", Some(b"old")).await.unwrap();
+    s.prepare(b"k", v(50), "db_g1", None).await.unwrap();
+    assert!(s.commit(b"k", v(50)).await.unwrap());
+    assert!(s.commit(b"k", v(40)).await.unwrap());
+    let st = s.get_state(b"k").unwrap();
+    assert_eq!(st.committed.unwrap().version, v(50));
+    assert!(st.pending.is_empty());
+    assert_eq!(s.get(b"k").unwrap(), None, "v50 was a tombstone");
+}
+
+#[tokio::test]
+async fn prepare_is_busy_at_sixteen_pending_and_idempotent_when_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), Appendfsync::Everysec);
+    for i in 0..MAX_PENDING as u64 {
+        let r = s.prepare(b"k", v(100 + i), "c", Some(b"x")).await.unwrap();
+        assert_eq!(r.status, PrepareStatus::Ok);
+    }
+    let r = s.prepare(b"k", v(500), "c", Some(b"x")).await.unwrap();
+    assert_eq!(r.status, PrepareStatus::Busy);
+    // A retry of a write already pending is accepted (it does not need a new slot).
+    let r = s.prepare(b"k", v(100), "c", Some(b"x")).await.unwrap();
+    assert_eq!(r.status, PrepareStatus::Ok);
+    // Other keys are unaffected; pending lists are per key and ordered by version.
+    assert_eq!(
+        s.prepare(b"k2", v(1), "c", None).await.unwrap().status,
+        PrepareStatus::Ok
+    );
+    let st = s.get_state(b"k").unwrap();
+    assert_eq!(st.pending.len(), MAX_PENDING);
+    assert!(st.pending.windows(2).all(|w| w[0].version < w[1].version));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_prepares_and_commits_on_one_key_stay_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), Appendfsync::Always);
+    let mut tasks = Vec::new();
+    for task in 0..16u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut committed = Vec::new();
+            for i in 0..20u64 {
+                let ver = Version {
+                    physical_ms: 1000 + i,
+                    logical: 0,
+                    writer: task as u32,
+                };
+                let r = s
+                    .prepare(b"hot", ver, "db_g1", Some(format!("{task}-{i}").as_bytes()))
+                    .await
+                    .unwrap();
+                match r.status {
+                    PrepareStatus::Ok => {
+                        if i % 3 == 0 {
+                            assert!(s.abort(b"hot", ver).await.unwrap());
+                        } else {
+                            assert!(s.commit(b"hot", ver).await.unwrap());
+                            committed.push(ver);
+                        }
+                    }
+                    PrepareStatus::Stale => assert!(r.committed.unwrap() >= ver),
+                    PrepareStatus::Busy => {}
+                }
+                // Plain writes to other keys interleave with the protocol.
+                let t = s.set(format!("k{task}").as_bytes(), b"v").unwrap();
+                s.ack(t).await.unwrap();
+            }
+            committed
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let st = s.get_state(b"hot").unwrap();
+    assert!(st.pending.is_empty(), "every prepare was decided");
+    let max = all.into_iter().max().unwrap();
+    let rec = st.committed.unwrap();
+    assert_eq!(rec.version, max, "the newest committed version wins");
+    assert_eq!(
+        rec.value.unwrap(),
+        Bytes::from(format!("{}-{}", max.writer, max.physical_ms - 1000))
+    );
+    assert_eq!(s.dbsize(), 17);
+}
+
+#[tokio::test]
+async fn plain_set_del_exists_dbsize() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), Appendfsync::Always);
+    // A gateway write far in the future: plain SET still supersedes it.
+    let _ = s
+        .put(b"a", v(u64::from(u32::MAX) * 1000), Some(b"gw"))
+        .unwrap();
+    let t = s.set(b"a", b"plain").unwrap();
+    s.ack(t).await.unwrap();
+    assert_eq!(s.get(b"a").unwrap().as_deref(), Some(&b"plain"[..]));
+    let writer = s.get_state(b"a").unwrap().committed.unwrap().version.writer;
+    assert_eq!(writer, 7, "plain writes carry the node's writer id");
+
+    let t = s.set(b"b", b"2").unwrap();
+    s.ack(t).await.unwrap();
+    assert_eq!(s.dbsize(), 2);
+    let keys = [
+        Bytes::from("a"),
+        Bytes::from("b"),
+        Bytes::from("zz"),
+        Bytes::from("a"),
+    ];
+    assert_eq!(s.exists(&keys).unwrap(), 3);
+    let (n, t) = s.del(&keys).unwrap();
+    s.ack(t).await.unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(s.dbsize(), 0);
+    assert_eq!(s.exists(&keys).unwrap(), 0);
+
+    let _ = s.set(b"c", b"3").unwrap();
+    s.prepare(b"c", v(u64::MAX >> 17), "x", None).await.unwrap();
+    s.flushall().await.unwrap();
+    assert_eq!(s.dbsize(), 0);
+    assert_eq!(s.get_state(b"c").unwrap(), Default::default());
+}
+
+#[tokio::test]
+async fn data_survives_close_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    for policy in [Appendfsync::Always, Appendfsync::Everysec, Appendfsync::No] {
+        let dir = tmp.path().join(policy.as_str());
+        let s = open(&dir, policy);
+        let t = s.set(b"plain", b"1").unwrap();
+        s.ack(t).await.unwrap();
+        let (_, t) = s.put(b"lww", v(5), Some(b"2")).unwrap();
+        s.ack(t).await.unwrap();
+        s.prepare(b"p", v(6), "db_g3", Some(b"3")).await.unwrap();
+        s.close().unwrap();
+        assert!(matches!(s.set(b"x", b"y"), Err(StorageError::Closed)));
+        drop(s);
+
+        let (s, report) = Store::open(StoreConfig::new(&dir, policy, 7)).unwrap();
+        assert!(!report.created);
+        assert_eq!((report.live_keys, report.pending), (2, 1));
+        assert_eq!(report.journal_tail_discarded_bytes, 0);
+        assert_eq!(s.get(b"plain").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(s.get(b"lww").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(s.get_state(b"p").unwrap().pending[0].coordinator, "db_g3");
+        assert_eq!(s.dbsize(), 2);
+        s.close().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn unknown_storage_format_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), Appendfsync::No);
+    s.close().unwrap();
+    drop(s);
+    {
+        let db = fjall::Database::builder(tmp.path().join("db"))
+            .open()
+            .unwrap();
+        let meta = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        assert_eq!(
+            &meta.get("format").unwrap().unwrap()[..],
+            FORMAT_MARKER.as_bytes()
+        );
+        meta.insert("format", "bulwark-storage/v99").unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let err = Store::open(StoreConfig::new(tmp.path(), Appendfsync::No, 1)).unwrap_err();
+    match err {
+        StorageError::UnknownFormat { found, .. } => assert_eq!(found, "bulwark-storage/v99"),
+        other => panic!("expected UnknownFormat, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn snapshot_round_trip_and_corruption_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(&tmp.path().join("a"), Appendfsync::Everysec);
+    for i in 0..500u32 {
+        let t = s
+            .set(format!("key{i}").as_bytes(), &i.to_be_bytes())
+            .unwrap();
+        s.ack(t).await.unwrap();
+    }
+    let _ = s.put(b"dead", v(3), None).unwrap();
+    s.prepare(b"key1", v(u64::MAX >> 17), "db_g2", Some(b"pend"))
+        .await
+        .unwrap();
+    let snap = tmp.path().join("dump.bwsnap");
+    let info = s.save(&snap).unwrap();
+    assert_eq!(info.records, 502);
+    assert_eq!(s.stats().changes_since_save, 0);
+
+    // Restore into a different, non-empty store: it ends up identical to the source.
+    let other = open(&tmp.path().join("b"), Appendfsync::Always);
+    let _ = other.set(b"stray", b"x").unwrap();
+    other.restore(&snap).unwrap();
+    assert_eq!(other.dbsize(), 500);
+    assert_eq!(other.get(b"stray").unwrap(), None);
+    assert_eq!(
+        other.get(b"key42").unwrap().as_deref(),
+        Some(&42u32.to_be_bytes()[..])
+    );
+    assert_eq!(
+        other.get_state(b"dead").unwrap(),
+        s.get_state(b"dead").unwrap()
+    );
+    assert_eq!(
+        other.get_state(b"key1").unwrap(),
+        s.get_state(b"key1").unwrap()
+    );
+
+    // BGSAVE writes the same thing in the background.
+    let bg = tmp.path().join("bg.bwsnap");
+    s.bgsave(bg.clone()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.stats().bgsave_in_progress {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bgsave did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(s.stats().last_bgsave_ok);
+    assert_eq!(std::fs::read(&bg).unwrap(), std::fs::read(&snap).unwrap());
+
+    // A flipped byte is caught by the checksum and nothing is changed.
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    let bad = tmp.path().join("bad.bwsnap");
+    std::fs::write(&bad, &bytes).unwrap();
+    assert!(matches!(
+        other.restore(&bad),
+        Err(StorageError::BadSnapshot { .. })
+    ));
+    assert_eq!(other.dbsize(), 500);
+    // So is a truncated file and a future format.
+    std::fs::write(&bad, &std::fs::read(&snap).unwrap()[..100]).unwrap();
+    assert!(matches!(
+        other.restore(&bad),
+        Err(StorageError::BadSnapshot { .. })
+    ));
+    let mut future = std::fs::read(&snap).unwrap();
+    future[11] = 2;
+    std::fs::write(&bad, &future).unwrap();
+    let err = other.restore(&bad).unwrap_err().to_string();
+    assert!(err.contains("format 2"), "{err}");
+}
+
+#[tokio::test]
+async fn torn_journal_tail_is_discarded_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), Appendfsync::Always);
+    let t = s.set(b"first", b"durable").unwrap();
+    s.ack(t).await.unwrap();
+    s.close().unwrap();
+    drop(s);
+    let journal = newest_journal(&tmp.path().join("db"));
+    let end1 = data_end(&journal);
+
+    let s = open(tmp.path(), Appendfsync::Always);
+    let t = s.set(b"second", &[0xAB; 300]).unwrap();
+    s.ack(t).await.unwrap();
+    s.close().unwrap();
+    drop(s);
+    let journal2 = newest_journal(&tmp.path().join("db"));
+    assert_eq!(
+        journal, journal2,
+        "the test expects the second write in the same journal"
+    );
+    let end2 = data_end(&journal);
+    assert!(end2 > end1 + 300);
+
+    // Simulate a crash in the middle of writing the second batch: cut the file there.
+    let cut = end1 + (end2 - end1) / 2;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap();
+    f.set_len(cut).unwrap();
+    drop(f);
+
+    let (s, report) = Store::open(StoreConfig::new(tmp.path(), Appendfsync::Always, 7)).unwrap();
+    assert_eq!(s.get(b"first").unwrap().as_deref(), Some(&b"durable"[..]));
+    assert_eq!(s.get(b"second").unwrap(), None);
+    assert!(report.journal_tail_discarded_bytes > 0, "{report:?}");
+    assert!(
+        report.journal_tail_discarded_bytes <= end2 - end1,
+        "{report:?}"
+    );
+}
+
+fn newest_journal(db: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(db)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
+        .max_by_key(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+        })
+        .unwrap()
+}
+
+fn data_end(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
