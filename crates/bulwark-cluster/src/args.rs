@@ -201,6 +201,72 @@ pub fn signal_short_name(sig: Signal) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// The shape the binary gives these arguments: `bulwark up …`, `bulwark ctl …`.
+    #[derive(clap::Parser, Debug)]
+    enum Cli {
+        Up(UpArgs),
+        Ctl(CtlArgs),
+    }
+
+    fn parse(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bulwark").chain(line.split_whitespace()))
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn up_flags() {
+        let Ok(Cli::Up(up)) = parse("up") else {
+            panic!("up parses")
+        };
+        assert_eq!(
+            (up.replicas, up.backend, up.control_port, up.quiet),
+            (2, Backend::Bulwark, 7070, false)
+        );
+        assert_eq!(up.appendfsync, Appendfsync::Always);
+        let Ok(Cli::Up(up)) = parse("up --replicas 3 --backend redis -q --appendfsync everysec")
+        else {
+            panic!("up parses")
+        };
+        assert_eq!(
+            (up.replicas, up.backend, up.quiet),
+            (3, Backend::Redis, true)
+        );
+        assert!(parse("up --replicas 10").is_err());
+        assert!(parse("up --replicas 0").is_err());
+    }
+
+    #[test]
+    fn ctl_commands_as_the_seed_uses_them() {
+        let Ok(Cli::Ctl(ctl)) = parse("ctl kill app_cp --signal=SIGTERM") else {
+            panic!("kill parses")
+        };
+        assert!(
+            matches!(ctl.command, CtlCommand::Kill { ref service, ref signal } if service == "app_cp" && signal == "TERM")
+        );
+        let Ok(Cli::Ctl(ctl)) = parse("ctl kill app_cp") else {
+            panic!("kill parses")
+        };
+        assert!(matches!(ctl.command, CtlCommand::Kill { ref signal, .. } if signal == "KILL"));
+        let Ok(Cli::Ctl(ctl)) = parse("ctl logs app_ap --grep REQUEST_COMPLETED --tail 5 --json")
+        else {
+            panic!("logs parses")
+        };
+        assert!(ctl.json);
+        assert!(
+            matches!(ctl.command, CtlCommand::Logs { grep: Some(ref g), tail: Some(5), .. } if g == "REQUEST_COMPLETED")
+        );
+        let Ok(Cli::Ctl(ctl)) = parse("ctl --control http://127.0.0.1:9 status") else {
+            panic!("status parses")
+        };
+        assert_eq!(ctl.control, "http://127.0.0.1:9");
+        assert!(parse("ctl kill app_cp --signal BOGUS").is_err());
+    }
 
     #[test]
     fn signal_names_accept_docker_spellings() {
