@@ -45,6 +45,10 @@ impl Progress {
             .progress_chars("=> ");
         let bar = self.multi.add(ProgressBar::new(1).with_style(style));
         bar.set_prefix(label.to_owned());
+        if self.visible {
+            // Keeps the spinner moving between the 200 ms figure updates.
+            bar.enable_steady_tick(Duration::from_millis(100));
+        }
         ScenarioBar { bar }
     }
 
