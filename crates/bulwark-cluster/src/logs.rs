@@ -51,6 +51,11 @@ impl Echo {
         }
     }
 
+    /// Queues a message of the supervisor about this service for the terminal.
+    pub fn note(&self, text: &str) {
+        terminal_line(format!("{}-- {text}\n", self.prefix));
+    }
+
     /// Queues one raw line, formatted, for the terminal.
     fn print(&self, raw: &[u8]) {
         let text = String::from_utf8_lossy(raw);

@@ -574,15 +574,30 @@ impl Actor {
                 l.state = State::Crashed;
                 l.pid = None;
                 l.healthy = false;
-                l.last_error = Some(format!("cannot start {}: {e}", spec.program.display()));
+                let reason = format!("cannot start {}: {e}", spec.program.display());
+                l.last_error = Some(reason.clone());
                 drop(l);
-                self.schedule_restart();
+                let delay = self.schedule_restart();
+                self.note(&format!(
+                    "{reason}; retrying in {:.1} s",
+                    delay.as_secs_f64()
+                ));
             }
         }
     }
 
-    fn schedule_restart(&mut self) {
-        self.restart_at = Some(Instant::now() + self.backoff.next_delay());
+    /// Schedules the next restart; returns the delay.
+    fn schedule_restart(&mut self) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.restart_at = Some(Instant::now() + delay);
+        delay
+    }
+
+    /// Tells the terminal what the supervisor did (as compose prints "exited with code 1").
+    fn note(&self, text: &str) {
+        if let Some(echo) = &self.echo {
+            echo.note(text);
+        }
     }
 
     /// The process ended on its own (not through [`Actor::stop`]).
@@ -591,11 +606,20 @@ impl Actor {
         let uptime = run.started.elapsed();
         self.record_exit(status.as_ref().ok());
         let clean = matches!(&status, Ok(s) if s.code() == Some(0));
+        let how = match &status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => format!("exited with code {code}"),
+                (None, Some(sig)) => format!("killed by {}", signal_name(sig)),
+                (None, None) => "ended".to_owned(),
+            },
+            Err(e) => format!("lost ({e})"),
+        };
         let mut l = lock(&self.live);
         if clean {
             l.state = State::Exited;
             drop(l);
             self.backoff.reset();
+            self.note(&format!("{how}: clean stop, not restarted"));
         } else {
             l.state = State::Restarting;
             if let Err(e) = &status {
@@ -603,7 +627,11 @@ impl Actor {
             }
             drop(l);
             self.backoff.ran_for(uptime);
-            self.schedule_restart();
+            let delay = self.schedule_restart();
+            self.note(&format!(
+                "{how}: crashed, restarting in {:.1} s",
+                delay.as_secs_f64()
+            ));
         }
     }
 
@@ -613,9 +641,7 @@ impl Actor {
         l.healthy = false;
         l.started_at = None;
         l.exit_code = status.and_then(ExitStatus::code);
-        l.exit_signal = status.and_then(ExitStatusExt::signal).map(|s| {
-            Signal::try_from(s).map_or_else(|_| format!("signal {s}"), |s| s.as_str().to_owned())
-        });
+        l.exit_signal = status.and_then(ExitStatusExt::signal).map(signal_name);
     }
 
     /// Stops the process (SIGTERM, SIGKILL after the stop timeout) and cancels any pending
@@ -644,6 +670,11 @@ impl Actor {
         l.pid = None;
         l.healthy = false;
     }
+}
+
+/// `9` → `SIGKILL`.
+fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned())
 }
 
 fn signal(pid: u32, sig: Signal) -> nix::Result<()> {
