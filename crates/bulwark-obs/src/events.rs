@@ -41,15 +41,30 @@ impl Emit for RequestCompleted<'_> {
         m.request_latency
             .with_label_values(&[self.mode, self.operation])
             .observe(secs);
-        tracing::info!(
-            event = "REQUEST_COMPLETED",
-            request_id = self.request_id,
-            mode = self.mode,
-            method = self.method,
-            path = self.path,
-            status = self.status,
-            latency_ms = format!("{:.2}", secs * 1000.0),
-        );
+        let latency_ms = format!("{:.2}", secs * 1000.0);
+        // Health checks arrive every few seconds from supervisors and load balancers;
+        // they would drown the request log, so they are logged at DEBUG (still counted).
+        if self.operation == "health" {
+            tracing::debug!(
+                event = "REQUEST_COMPLETED",
+                request_id = self.request_id,
+                mode = self.mode,
+                method = self.method,
+                path = self.path,
+                status = self.status,
+                latency_ms,
+            );
+        } else {
+            tracing::info!(
+                event = "REQUEST_COMPLETED",
+                request_id = self.request_id,
+                mode = self.mode,
+                method = self.method,
+                path = self.path,
+                status = self.status,
+                latency_ms,
+            );
+        }
     }
 }
 
