@@ -1,0 +1,184 @@
+//! The versioned replica protocol (`docs/ARCHITECTURE.md`, "The replica protocol"):
+//!
+//! | command | arguments | reply |
+//! |---|---|---|
+//! | `BW.GET` | key | `[committed_version\|nil, value\|nil, tomb 0\|1, [[pending_version, coordinator], …]]` |
+//! | `BW.PUT` | key version tomb value | `[applied 0\|1, committed_version\|nil]` |
+//! | `BW.PREPARE` | key version coordinator tomb value | `["OK"\|"STALE"\|"BUSY", committed_version\|nil]` |
+//! | `BW.COMMIT` | key version | `1` if it was pending, else `0` |
+//! | `BW.ABORT` | key version | `1` if it was pending, else `0` |
+//!
+//! Versions are 24 lowercase hex digits; `tomb` is `0` or `1` (with `1`, the value
+//! argument may be omitted and is ignored). Error messages match the Redis function
+//! library (`bulwark.lua`), so both dialects fail alike. PREPARE, COMMIT and ABORT reply
+//! only once durable; PUT follows `appendfsync` through the batch's ticket.
+
+use bulwark_core::Version;
+use bulwark_resp::encode;
+use bytes::{Bytes, BytesMut};
+
+use super::{CmdResult, Flow, err, wrong_arity};
+use crate::server::Shared;
+
+const BAD_VERSION: &str = "ERR invalid version: expected 24 lowercase hex digits";
+const BAD_TOMB: &str = "ERR invalid tombstone flag: expected 0 or 1";
+
+fn version(arg: &[u8]) -> Option<Version> {
+    Version::try_from(arg).ok()
+}
+
+/// `tomb` and the value argument (absent allowed only for a tombstone) → the value.
+fn value<'a>(tomb: &[u8], value: Option<&'a Bytes>) -> Result<Option<&'a [u8]>, &'static str> {
+    match (tomb, value) {
+        (b"1", _) => Ok(None),
+        (b"0", Some(v)) => Ok(Some(&v[..])),
+        (b"0", None) => Err("ERR a value is required when tomb is 0"),
+        _ => Err(BAD_TOMB),
+    }
+}
+
+/// Appends a version as a 24-byte bulk string, or nil.
+fn put_version(out: &mut BytesMut, v: Option<Version>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let Some(v) = v else {
+        encode::null(out);
+        return;
+    };
+    let mut wire = [0u8; 24];
+    let mut put = |start: usize, digits: usize, n: u64| {
+        for i in 0..digits {
+            wire[start + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
+        }
+    };
+    put(0, 12, v.physical_ms);
+    put(12, 4, u64::from(v.logical));
+    put(16, 8, u64::from(v.writer));
+    encode::bulk(out, &wire);
+}
+
+pub(super) fn get(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    let [_, key] = args else {
+        return wrong_arity(args, out);
+    };
+    let state = shared.store.get_state(key)?;
+    encode::array_len(out, 4);
+    match &state.committed {
+        None => {
+            encode::null(out);
+            encode::null(out);
+            encode::integer(out, 0);
+        }
+        Some(rec) => {
+            put_version(out, Some(rec.version));
+            match &rec.value {
+                Some(v) => {
+                    encode::bulk(out, v);
+                    encode::integer(out, 0);
+                }
+                None => {
+                    encode::null(out);
+                    encode::integer(out, 1);
+                }
+            }
+        }
+    }
+    encode::array_len(out, state.pending.len());
+    for p in &state.pending {
+        encode::array_len(out, 2);
+        put_version(out, Some(p.version));
+        encode::bulk(out, p.coordinator.as_bytes());
+    }
+    Ok(Flow::default())
+}
+
+pub(super) fn put(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    if !(4..=5).contains(&args.len()) {
+        return wrong_arity(args, out);
+    }
+    let Some(ver) = version(&args[2]) else {
+        return err(out, BAD_VERSION);
+    };
+    let v = match value(&args[3], args.get(4)) {
+        Ok(v) => v,
+        Err(msg) => return err(out, msg),
+    };
+    let (reply, ticket) = shared.store.put(&args[1], ver, v)?;
+    encode::array_len(out, 2);
+    encode::integer(out, i64::from(reply.applied));
+    put_version(out, reply.committed);
+    Ok(Flow::written(ticket))
+}
+
+pub(super) async fn prepare(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    if !(5..=6).contains(&args.len()) {
+        return wrong_arity(args, out);
+    }
+    let Some(ver) = version(&args[2]) else {
+        return err(out, BAD_VERSION);
+    };
+    let coordinator = match std::str::from_utf8(&args[3]) {
+        Ok("") => return err(out, "ERR coordinator must not be empty"),
+        Ok(c) if c.len() <= 255 => c,
+        _ => return err(out, "ERR coordinator must be UTF-8 and at most 255 bytes"),
+    };
+    let v = match value(&args[4], args.get(5)) {
+        Ok(v) => v,
+        Err(msg) => return err(out, msg),
+    };
+    let reply = shared.store.prepare(&args[1], ver, coordinator, v).await?;
+    encode::array_len(out, 2);
+    encode::bulk(out, reply.status.as_str().as_bytes());
+    put_version(out, reply.committed);
+    Ok(Flow::default())
+}
+
+pub(super) async fn commit(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    let [_, key, ver] = args else {
+        return wrong_arity(args, out);
+    };
+    let Some(ver) = version(ver) else {
+        return err(out, BAD_VERSION);
+    };
+    let found = shared.store.commit(key, ver).await?;
+    encode::integer(out, i64::from(found));
+    Ok(Flow::default())
+}
+
+pub(super) async fn abort(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    let [_, key, ver] = args else {
+        return wrong_arity(args, out);
+    };
+    let Some(ver) = version(ver) else {
+        return err(out, BAD_VERSION);
+    };
+    let found = shared.store.abort(key, ver).await?;
+    encode::integer(out, i64::from(found));
+    Ok(Flow::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_written_in_wire_form() {
+        let v = Version {
+            physical_ms: 0x0123_4567_89ab,
+            logical: 0xcdef,
+            writer: 0x0102_0304,
+        };
+        let mut out = BytesMut::new();
+        put_version(&mut out, Some(v));
+        assert_eq!(&out[..], format!("$24\r\n{v}\r\n").as_bytes());
+    }
+
+    #[test]
+    fn tomb_flag_and_value() {
+        let b = Bytes::from("x");
+        assert_eq!(value(b"0", Some(&b)), Ok(Some(&b"x"[..])));
+        assert_eq!(value(b"1", Some(&b)), Ok(None));
+        assert_eq!(value(b"1", None), Ok(None));
+        assert!(value(b"0", None).is_err());
+        assert_eq!(value(b"2", Some(&b)), Err(BAD_TOMB));
+    }
+}
