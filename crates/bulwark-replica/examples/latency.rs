@@ -2,10 +2,12 @@
 //! the client's share of the gateway's latency budget can be checked:
 //!
 //! ```text
-//! cargo run --release -p bulwark-replica --example latency [rate_per_sec] [seconds]
+//! cargo run --release -p bulwark-replica --example latency [rate_per_sec] [seconds] [redis|bulwark]
 //! ```
 //!
-//! Starts its own redis-server (AOF, `appendfsync always`) on a free port.
+//! Starts its own backend on a free port: a redis-server (AOF, `appendfsync always`), or
+//! an in-process `bulwark node` (default `appendfsync everysec`; prepare and commit are
+//! fsynced whatever the policy).
 
 use std::time::Duration;
 
@@ -19,12 +21,45 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let secs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
-    let server = RedisServer::start(RedisOptions::default()).await;
+    let dialect: Dialect = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(Dialect::Redis);
+    let mut _redis = None;
+    let mut _node_dir = None;
+    let addr = match dialect {
+        Dialect::Redis => {
+            let server = RedisServer::start(RedisOptions::default()).await;
+            let addr = server.addr();
+            _redis = Some(server);
+            addr
+        }
+        Dialect::Bulwark => {
+            let Ok(dir) = tempfile::tempdir() else {
+                eprintln!("cannot create a temp dir");
+                return;
+            };
+            let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+                eprintln!("cannot bind");
+                return;
+            };
+            let addr = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let mut node = bulwark_node::NodeArgs::new("db_g1");
+            node.dir = Some(dir.path().to_path_buf());
+            tokio::spawn(bulwark_node::serve(listener, node, std::future::pending()));
+            _node_dir = Some(dir);
+            addr
+        }
+    };
     let spec = ReplicaSpec {
         name: "db_g1".into(),
-        addr: server.addr(),
+        addr,
     };
-    let client = ReplicaClient::new(spec, Dialect::Redis, Duration::from_secs(1));
+    println!("dialect={dialect} rate={rate}/s seconds={secs}");
+    let client = ReplicaClient::new(spec, dialect, Duration::from_secs(1));
     if let Err(e) = client.ping().await {
         eprintln!("ping failed: {e}");
         return;
