@@ -5,7 +5,9 @@
 //!   `BW.COMMIT`/`BW.ABORT` commands;
 //! * [`Dialect::Redis`]: a real Redis >= 7 running the `bulwark` function library
 //!   (`lua/bulwark.lua`, loaded by this client on every new connection), called with
-//!   `FCALL bw_<op> 1 <key> …`.
+//!   `FCALL bw_<op> 1 <key> …`. Redis cannot be told to fsync one call, so a Redis
+//!   replica used for CP/quorum writes must run `appendonly yes`, `appendfsync always`
+//!   for PREPARE/COMMIT/ABORT to be durable when acknowledged.
 //!
 //! Both dialects return the same reply shapes, parsed once in `reply`. One
 //! [`ReplicaClient`] holds one multiplexed (pipelined) connection, opened lazily and

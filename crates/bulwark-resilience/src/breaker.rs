@@ -393,6 +393,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn transitions_emit_events_that_move_the_state_gauge() {
+        let m = bulwark_obs::metrics::metrics();
+        let name = "breaker_gauge_test";
+        let b = CircuitBreaker::new(
+            name,
+            BreakerConfig {
+                failure_threshold: 1,
+                open_timeout: Duration::from_secs(1),
+                half_open_max_probes: 1,
+            },
+        );
+        let gauge = || m.circuit_breaker_state.with_label_values(&[name]).get();
+        let opened = || {
+            m.circuit_breaker_transitions
+                .with_label_values(&[name, "OPEN"])
+                .get()
+        };
+        assert_eq!((gauge(), opened()), (0, 0));
+        fail_n(&b, 1);
+        assert_eq!((gauge(), opened()), (2, 1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = b.try_acquire().expect("probe");
+        assert_eq!(gauge(), 1);
+        probe.success();
+        assert_eq!(gauge(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn dropped_permit_while_closed_is_neutral() {
         let b = breaker(2, 1);
         fail_n(&b, 1);
