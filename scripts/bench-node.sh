@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Benchmarks `bulwark node` against redis-server at the same fsync policy, with
+# redis-benchmark, in one run on this machine, and prints a Markdown table.
+#
+#   scripts/bench-node.sh                  # policies "everysec always", pipelines "1 16"
+#   POLICIES=everysec PIPELINES=16 N=500000 scripts/bench-node.sh
+#
+# redis-server runs with --appendonly yes --appendfsync <policy> --save "" (AOF only, like
+# the node's journal); both servers listen on free ports on 127.0.0.1 (never 6379) and
+# keep their data in a temporary directory removed on exit. The two servers are measured
+# one after the other, never at the same time, so they do not compete for the CPUs.
+set -euo pipefail
+
+POLICIES=${POLICIES:-"everysec always"}
+PIPELINES=${PIPELINES:-"1 16"}
+N=${N:-200000}
+CLIENTS=${CLIENTS:-50}
+TESTS=${TESTS:-set,get}
+
+cd "$(dirname "$0")/.."
+for tool in redis-server redis-benchmark redis-cli python3; do
+  command -v "$tool" >/dev/null || { echo "bench-node: $tool is required" >&2; exit 1; }
+done
+
+echo "building release binaries…" >&2
+if cargo build --release -q -p bulwark 2>/dev/null && target/release/bulwark node --help >/dev/null 2>&1; then
+  NODE_CMD=(target/release/bulwark node)
+else
+  cargo build --release -q -p bulwark-node --example node
+  NODE_CMD=(target/release/examples/node)
+fi
+
+TMP=$(mktemp -d -t bench-node.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_ready() { # port
+  for _ in $(seq 1 200); do
+    if [ "$(redis-cli -h 127.0.0.1 -p "$1" PING 2>/dev/null)" = "PONG" ]; then return 0; fi
+    sleep 0.05
+  done
+  echo "bench-node: server on port $1 did not start" >&2
+  exit 1
+}
+
+stop() { # pid
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# Prints "TEST rps" lines for one redis-benchmark run.
+bench() { # port pipeline
+  redis-benchmark -h 127.0.0.1 -p "$1" -t "$TESTS" -n "$N" -c "$CLIENTS" -P "$2" -q --csv \
+    | awk -F'"' 'NR > 1 && $2 != "" { print $2, $4 }'
+}
+
+declare -A RESULT
+for policy in $POLICIES; do
+  # redis-server
+  port=$(free_port)
+  mkdir -p "$TMP/redis-$policy"
+  redis-server --port "$port" --bind 127.0.0.1 --appendonly yes --appendfsync "$policy" \
+    --save "" --dir "$TMP/redis-$policy" --daemonize no --logfile "$TMP/redis-$policy.log" &
+  pid=$!; PIDS+=("$pid")
+  wait_ready "$port"
+  for p in $PIPELINES; do
+    while read -r test rps; do RESULT["redis,$policy,$p,$test"]=$rps; done < <(bench "$port" "$p")
+  done
+  stop "$pid"
+
+  # bulwark node
+  port=$(free_port)
+  LOG_LEVEL=WARN "${NODE_CMD[@]}" --name bench --port "$port" --dir "$TMP/node-$policy" \
+    --appendfsync "$policy" >"$TMP/node-$policy.log" 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  wait_ready "$port"
+  for p in $PIPELINES; do
+    while read -r test rps; do RESULT["node,$policy,$p,$test"]=$rps; done < <(bench "$port" "$p")
+  done
+  stop "$pid"
+done
+
+echo
+echo "redis-benchmark -t $TESTS -n $N -c $CLIENTS -P <pipeline> -q, $(date -u +%Y-%m-%d), $(nproc) cores, $(redis-server --version | awk '{print $3}')"
+echo
+echo "| appendfsync | pipeline | test | redis-server ops/s | bulwark node ops/s | node / redis |"
+echo "|---|---|---|---|---|---|"
+for policy in $POLICIES; do
+  for p in $PIPELINES; do
+    for test in $(echo "$TESTS" | tr 'a-z,' 'A-Z '); do
+      r=${RESULT["redis,$policy,$p,$test"]:-0}
+      n=${RESULT["node,$policy,$p,$test"]:-0}
+      ratio=$(awk -v r="$r" -v n="$n" 'BEGIN { if (r > 0) printf "%.0f%%", 100 * n / r; else print "n/a" }')
+      printf '| %s | %s | %s | %.0f | %.0f | %s |\n' "$policy" "$p" "$test" "$r" "$n" "$ratio"
+    done
+  done
+done
