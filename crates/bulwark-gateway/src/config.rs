@@ -72,21 +72,33 @@ impl GatewayConfig {
     pub fn from_settings(s: &Settings) -> Result<GatewayConfig, ConfigError> {
         let mode: Mode = s.parse_or("MODE", Mode::Ap)?;
         let environment: Environment = s.parse_or("ENVIRONMENT", Environment::Development)?;
-        let raw_replicas = s.get("REPLICAS").unwrap_or("db_g1=127.0.0.1:6401,db_g2=127.0.0.1:6402");
+        let raw_replicas = s
+            .get("REPLICAS")
+            .unwrap_or("db_g1=127.0.0.1:6401,db_g2=127.0.0.1:6402");
         let replicas = ReplicaSpec::parse_list(raw_replicas)
             .map_err(|e| ConfigError::invalid("REPLICAS", raw_replicas, e.to_string()))?;
         if replicas.is_empty() {
-            return Err(ConfigError::invalid("REPLICAS", raw_replicas, "at least one replica is required"));
+            return Err(ConfigError::invalid(
+                "REPLICAS",
+                raw_replicas,
+                "at least one replica is required",
+            ));
         }
         if mode == Mode::Quorum && replicas.len() < 3 {
             return Err(ConfigError::invalid(
                 "MODE",
                 "quorum",
-                format!("quorum mode needs at least 3 replicas; REPLICAS has {}", replicas.len()),
+                format!(
+                    "quorum mode needs at least 3 replicas; REPLICAS has {}",
+                    replicas.len()
+                ),
             ));
         }
-        let network_timeout =
-            s.seconds_or("NETWORK_TIMEOUT_SEC", Duration::from_millis(200), Duration::from_secs(60))?;
+        let network_timeout = s.seconds_or(
+            "NETWORK_TIMEOUT_SEC",
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+        )?;
         let (secret_key, secret_is_default) = match s.get("SECRET_KEY") {
             Some(k) if environment == Environment::Production && k == EXAMPLE_SECRET_KEY => {
                 return Err(ConfigError::invalid(
@@ -210,13 +222,25 @@ mod tests {
 
     #[test]
     fn production_refuses_missing_or_example_secrets() {
-        let e = cfg(&[("ENVIRONMENT", "production")]).unwrap_err().to_string();
-        assert!(e.contains("SECRET_KEY"), "{e}");
-        let e = cfg(&[("ENVIRONMENT", "production"), ("SECRET_KEY", EXAMPLE_SECRET_KEY)])
+        let e = cfg(&[("ENVIRONMENT", "production")])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("SECRET_KEY") && !e.contains(EXAMPLE_SECRET_KEY), "{e}");
-        let ok = cfg(&[("ENVIRONMENT", "production"), ("SECRET_KEY", &"a".repeat(64))]).unwrap();
+        assert!(e.contains("SECRET_KEY"), "{e}");
+        let e = cfg(&[
+            ("ENVIRONMENT", "production"),
+            ("SECRET_KEY", EXAMPLE_SECRET_KEY),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("SECRET_KEY") && !e.contains(EXAMPLE_SECRET_KEY),
+            "{e}"
+        );
+        let ok = cfg(&[
+            ("ENVIRONMENT", "production"),
+            ("SECRET_KEY", &"a".repeat(64)),
+        ])
+        .unwrap();
         assert!(!ok.secret_is_default);
     }
 

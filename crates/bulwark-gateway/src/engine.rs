@@ -358,7 +358,10 @@ impl Engine {
             if !retryable || call_errors > 0 {
                 return outcome;
             }
-            let _ = self.read_answers(key).await.map(|answers| self.repair(key, answers));
+            let _ = self
+                .read_answers(key)
+                .await
+                .map(|answers| self.repair(key, answers));
             last = Some(outcome);
         }
         last.unwrap_or(WriteOutcome::Unavailable {
@@ -378,7 +381,11 @@ impl Engine {
     ) -> WriteOutcome {
         match self
             .set
-            .call(coordinator, "commit", coordinator.client.commit(key, version))
+            .call(
+                coordinator,
+                "commit",
+                coordinator.client.commit(key, version),
+            )
             .await
         {
             Ok(true) => {}
@@ -509,7 +516,8 @@ impl Engine {
             Mode::Ap => {
                 // The preferred (first) answering replica, unless it misses the session's
                 // own write and another one has it (SPEC CAP-7).
-                let satisfies = |s: &ReplicaState| required.is_none_or(|v| s.committed_version() >= v);
+                let satisfies =
+                    |s: &ReplicaState| required.is_none_or(|v| s.committed_version() >= v);
                 let pick = answers
                     .iter()
                     .find(|(_, s)| satisfies(s))
@@ -621,7 +629,11 @@ impl Engine {
             .max_by_key(|r| r.version);
         let lagging: Vec<usize> = answers
             .iter()
-            .filter(|(_, s)| newest.as_ref().is_some_and(|n| s.committed_version() < n.version))
+            .filter(|(_, s)| {
+                newest
+                    .as_ref()
+                    .is_some_and(|n| s.committed_version() < n.version)
+            })
             .map(|(i, _)| *i)
             .collect();
         let undecided: Vec<(usize, PendingRef)> = answers
@@ -642,7 +654,8 @@ impl Engine {
             answers,
             now_ms: self.hlc.now_ms(),
         };
-        let clients: Vec<ReplicaClient> = self.set.replicas.iter().map(|r| r.client.clone()).collect();
+        let clients: Vec<ReplicaClient> =
+            self.set.replicas.iter().map(|r| r.client.clone()).collect();
         let in_doubt = self.config.in_doubt_timeout;
         tokio::spawn(async move {
             work.run(&clients, in_doubt).await;
@@ -659,7 +672,11 @@ impl Engine {
             for (key, hint) in batch {
                 match self
                     .set
-                    .call(r, "put", r.client.put(&key, hint.latest, hint.value.as_deref()))
+                    .call(
+                        r,
+                        "put",
+                        r.client.put(&key, hint.latest, hint.value.as_deref()),
+                    )
                     .await
                 {
                     Ok(_) => {

@@ -176,7 +176,10 @@ mod tests {
         assert!(h.add(0, b"k1", v(1), None));
         assert!(h.add(0, b"k2", v(1), None));
         assert!(!h.add(0, b"k3", v(1), None));
-        assert!(h.add(0, b"k1", v(2), None), "updating an existing key is always allowed");
+        assert!(
+            h.add(0, b"k1", v(2), None),
+            "updating an existing key is always allowed"
+        );
         assert_eq!(h.total(), 2);
     }
 }

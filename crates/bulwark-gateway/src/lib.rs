@@ -67,7 +67,10 @@ pub struct GatewayArgs {
 impl GatewayArgs {
     /// The merged settings: flags over environment over `.env` over the config file.
     pub fn settings(&self) -> Result<Settings, bulwark_config::ConfigError> {
-        let file = self.config.clone().or_else(|| std::env::var_os("BULWARK_CONFIG").map(PathBuf::from));
+        let file = self
+            .config
+            .clone()
+            .or_else(|| std::env::var_os("BULWARK_CONFIG").map(PathBuf::from));
         let mut s = Settings::load(file.as_deref())?;
         let flags = [
             ("MODE", &self.mode),
@@ -88,7 +91,10 @@ impl GatewayArgs {
 
 /// Validates the configuration (an error names the setting; nothing has started), sets
 /// up logging, binds and serves until `shutdown` resolves.
-pub async fn run(args: GatewayArgs, shutdown: impl Future<Output = String> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    args: GatewayArgs,
+    shutdown: impl Future<Output = String> + Send + 'static,
+) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let log_level = settings.get("LOG_LEVEL").unwrap_or("INFO").to_string();
     if bulwark_obs::logging::parse_level(&log_level).is_none() {
@@ -103,7 +109,12 @@ pub async fn run(args: GatewayArgs, shutdown: impl Future<Output = String> + Sen
     bulwark_obs::logging::init(&log_level);
     let listener = TcpListener::bind((config.bind.as_str(), config.port))
         .await
-        .with_context(|| format!("cannot listen on {}:{} (setting PORT)", config.bind, config.port))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}:{} (setting PORT)",
+                config.bind, config.port
+            )
+        })?;
     serve(listener, config, shutdown).await
 }
 
@@ -132,7 +143,12 @@ pub async fn serve(
         "mode={} backend={:?} replicas={} timeout_ms={} max_staleness_ms={}",
         config.mode,
         config.backend,
-        config.replicas.iter().map(|r| format!("{}={}", r.name, r.addr)).collect::<Vec<_>>().join(","),
+        config
+            .replicas
+            .iter()
+            .map(|r| format!("{}={}", r.name, r.addr))
+            .collect::<Vec<_>>()
+            .join(","),
         config.network_timeout.as_millis(),
         config.max_staleness_ms,
     );
@@ -180,7 +196,10 @@ pub async fn serve(
     }
     let _ = stop_tx.send(true);
     let _ = background.await;
-    let left = state.engine.flush_hints(deadline.min(Duration::from_secs(5))).await;
+    let left = state
+        .engine
+        .flush_hints(deadline.min(Duration::from_secs(5)))
+        .await;
     if left > 0 {
         tracing::warn!(event = "HINTS_UNDELIVERED", hints = left);
     }

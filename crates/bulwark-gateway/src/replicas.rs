@@ -63,7 +63,10 @@ impl CallError {
     /// Whether the request certainly never reached the replica, so it cannot have been
     /// applied. Anything that may have been sent (timeouts, broken replies) may have been.
     pub fn certainly_not_applied(&self) -> bool {
-        matches!(self, CallError::BreakerOpen | CallError::Replica(ReplicaError::Connect(_)))
+        matches!(
+            self,
+            CallError::BreakerOpen | CallError::Replica(ReplicaError::Connect(_))
+        )
     }
 }
 
@@ -111,11 +114,19 @@ impl ReplicaSet {
     }
 
     /// Calls `replica` with `op` through its breaker.
-    pub async fn call<T, F>(&self, replica: &Replica, op: &'static str, f: F) -> Result<T, CallError>
+    pub async fn call<T, F>(
+        &self,
+        replica: &Replica,
+        op: &'static str,
+        f: F,
+    ) -> Result<T, CallError>
     where
         F: Future<Output = Result<T, ReplicaError>>,
     {
-        let permit = replica.breaker.try_acquire().map_err(|_| CallError::BreakerOpen)?;
+        let permit = replica
+            .breaker
+            .try_acquire()
+            .map_err(|_| CallError::BreakerOpen)?;
         let started = tokio::time::Instant::now();
         let result = f.await;
         metrics()

@@ -162,8 +162,15 @@ mod tests {
         }
         assert_eq!(s.writes.len(), MAX_KEYS);
         assert!(s.required("k0").is_none());
-        assert_eq!(s.required(&format!("k{}", MAX_KEYS + 9)), Some(v(MAX_KEYS as u64 + 10)));
+        assert_eq!(
+            s.required(&format!("k{}", MAX_KEYS + 9)),
+            Some(v(MAX_KEYS as u64 + 10))
+        );
         s.record("k40", v(1));
-        assert_eq!(s.required("k40"), Some(v(41)), "an older version never lowers the bar");
+        assert_eq!(
+            s.required("k40"),
+            Some(v(41)),
+            "an older version never lowers the bar"
+        );
     }
 }

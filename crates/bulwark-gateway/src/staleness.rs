@@ -70,7 +70,10 @@ pub fn compute(observations: &[Observation], now_ms: u64) -> Vec<Staleness> {
 
 /// The `Consistency_Status` of a read.
 pub fn status(staleness: &[Staleness], bound_ms: u64) -> &'static str {
-    if staleness.iter().any(|s| s.ms.is_some_and(|ms| ms > bound_ms)) {
+    if staleness
+        .iter()
+        .any(|s| s.ms.is_some_and(|ms| ms > bound_ms))
+    {
         STALE
     } else if staleness.iter().any(|s| s.ms.is_none()) {
         UNKNOWN
@@ -94,8 +97,14 @@ mod tests {
     #[test]
     fn replicas_holding_the_newest_version_are_fresh() {
         let obs = [
-            Observation { held: Some(v(100)), missed: vec![] },
-            Observation { held: Some(v(100)), missed: vec![] },
+            Observation {
+                held: Some(v(100)),
+                missed: vec![],
+            },
+            Observation {
+                held: Some(v(100)),
+                missed: vec![],
+            },
         ];
         let s = compute(&obs, 10_000);
         assert!(s.iter().all(|s| s.ms == Some(0)));
@@ -106,8 +115,14 @@ mod tests {
     fn lagging_replica_is_as_stale_as_its_oldest_missed_write() {
         // g2 holds v(100); it missed v(200) and v(300); g1 holds v(300).
         let obs = [
-            Observation { held: Some(v(300)), missed: vec![] },
-            Observation { held: Some(v(100)), missed: vec![v(300), v(200)] },
+            Observation {
+                held: Some(v(300)),
+                missed: vec![],
+            },
+            Observation {
+                held: Some(v(100)),
+                missed: vec![v(300), v(200)],
+            },
         ];
         let s = compute(&obs, 1_000);
         assert_eq!(s[0].ms, Some(0));
@@ -119,8 +134,14 @@ mod tests {
     #[test]
     fn without_hints_the_newest_version_bounds_staleness() {
         let obs = [
-            Observation { held: Some(v(900)), missed: vec![] },
-            Observation { held: Some(v(100)), missed: vec![] },
+            Observation {
+                held: Some(v(900)),
+                missed: vec![],
+            },
+            Observation {
+                held: Some(v(100)),
+                missed: vec![],
+            },
         ];
         assert_eq!(compute(&obs, 1_000)[1].ms, Some(100));
     }
@@ -128,26 +149,56 @@ mod tests {
     #[test]
     fn unreachable_replica_reports_known_staleness_or_unknown() {
         let obs = [
-            Observation { held: Some(v(1_000)), missed: vec![] },
-            Observation { held: None, missed: vec![v(1_000)] },
+            Observation {
+                held: Some(v(1_000)),
+                missed: vec![],
+            },
+            Observation {
+                held: None,
+                missed: vec![v(1_000)],
+            },
         ];
         let s = compute(&obs, 2_100);
-        assert_eq!(s[1], Staleness { reachable: false, ms: Some(1_100) });
+        assert_eq!(
+            s[1],
+            Staleness {
+                reachable: false,
+                ms: Some(1_100)
+            }
+        );
         assert_eq!(status(&s, 500), STALE);
         let obs = [
-            Observation { held: Some(v(1_000)), missed: vec![] },
-            Observation { held: None, missed: vec![] },
+            Observation {
+                held: Some(v(1_000)),
+                missed: vec![],
+            },
+            Observation {
+                held: None,
+                missed: vec![],
+            },
         ];
         let s = compute(&obs, 1_100);
-        assert_eq!(s[1], Staleness { reachable: false, ms: None });
+        assert_eq!(
+            s[1],
+            Staleness {
+                reachable: false,
+                ms: None
+            }
+        );
         assert_eq!(status(&s, 500), UNKNOWN);
     }
 
     #[test]
     fn missed_writes_older_than_what_is_held_do_not_count() {
         let obs = [
-            Observation { held: Some(v(500)), missed: vec![] },
-            Observation { held: Some(v(500)), missed: vec![v(100)] },
+            Observation {
+                held: Some(v(500)),
+                missed: vec![],
+            },
+            Observation {
+                held: Some(v(500)),
+                missed: vec![v(100)],
+            },
         ];
         assert_eq!(compute(&obs, 9_000)[1].ms, Some(0));
     }

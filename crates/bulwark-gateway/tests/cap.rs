@@ -86,7 +86,10 @@ async fn breaker_opens_after_three_failures_then_fails_fast(backend: Backend) {
     let (status, _) = post(&c, format!("{}/write/TEST4/V4", ap.url)).await;
     assert_eq!(status, 200);
     let (_, cb) = get(&c, format!("{}/circuit-breaker", ap.url)).await;
-    assert!(cb["db_g2"]["total_rejected"].as_u64().expect("counter") > rejected_before, "{cb}");
+    assert!(
+        cb["db_g2"]["total_rejected"].as_u64().expect("counter") > rejected_before,
+        "{cb}"
+    );
 
     // The metrics say the same.
     let text = c
@@ -97,7 +100,10 @@ async fn breaker_opens_after_three_failures_then_fails_fast(backend: Backend) {
         .text()
         .await
         .expect("text");
-    assert!(text.contains("circuit_breaker_state{node=\"db_g2\"} 2"), "{text}");
+    assert!(
+        text.contains("circuit_breaker_state{node=\"db_g2\"} 2"),
+        "{text}"
+    );
 }
 
 async fn staleness_exceeds_the_bound_while_a_replica_misses_writes(backend: Backend) {
@@ -120,15 +126,30 @@ async fn staleness_exceeds_the_bound_while_a_replica_misses_writes(backend: Back
     assert!(stale, "status never reported the bound exceeded");
     let (_, body) = get(&c, url).await;
     assert_eq!(body["value"], "V_OLD");
-    assert_eq!(body["G1_Staleness_ms"], 0, "db_g1 holds the newest version: {body}");
-    assert!(body["G2_Staleness_ms"].as_u64().expect("known from the hint") > 100, "{body}");
+    assert_eq!(
+        body["G1_Staleness_ms"], 0,
+        "db_g1 holds the newest version: {body}"
+    );
+    assert!(
+        body["G2_Staleness_ms"]
+            .as_u64()
+            .expect("known from the hint")
+            > 100,
+        "{body}"
+    );
     assert_eq!(body["replicas"]["db_g2"]["reachable"], false);
 }
 
 async fn hinted_handoff_converges_after_the_replica_returns(backend: Backend) {
     let mut cluster = TestCluster::start(backend, 2).await;
     let ap = cluster
-        .gateway("ap", &[("CB_OPEN_TIMEOUT_SEC", "0.2"), ("HEALTH_INTERVAL_SEC", "0.1")])
+        .gateway(
+            "ap",
+            &[
+                ("CB_OPEN_TIMEOUT_SEC", "0.2"),
+                ("HEALTH_INTERVAL_SEC", "0.1"),
+            ],
+        )
         .await;
     let c = client();
     cluster.replicas[1].stop().await;
@@ -144,7 +165,8 @@ async fn hinted_handoff_converges_after_the_replica_returns(backend: Backend) {
             let (c, url) = (c.clone(), url.clone());
             async move {
                 let (_, b) = get(&c, url).await;
-                b["replicas"]["db_g2"]["version"] == b["version"] && b["Consistency_Status"] == "CONSISTENT"
+                b["replicas"]["db_g2"]["version"] == b["version"]
+                    && b["Consistency_Status"] == "CONSISTENT"
             }
         })
         .await;
@@ -156,7 +178,9 @@ async fn read_your_writes_across_two_gateways(backend: Backend) {
     let mut cluster = TestCluster::start(backend, 2).await;
     // Gateway 1 gives up on undelivered hints quickly when it stops, so the primary
     // really stays behind (hints live in memory, by design).
-    let gw1 = cluster.gateway("ap", &[("SHUTDOWN_TIMEOUT_SEC", "0.3")]).await;
+    let gw1 = cluster
+        .gateway("ap", &[("SHUTDOWN_TIMEOUT_SEC", "0.3")])
+        .await;
     let gw2 = cluster.gateway("ap", &[]).await;
     let me = session_client();
     let stranger = client();
@@ -225,7 +249,12 @@ async fn cp_abort_is_never_visible(backend: Backend) {
     cluster.replicas[1].stop().await;
     let (status, body) = post(&c, format!("{}/write/CONFIG/AP_V1_NEW", ap.url)).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body["warning"].as_str().is_some_and(|w| w.starts_with("AP_STALE_RISK")), "{body}");
+    assert!(
+        body["warning"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("AP_STALE_RISK")),
+        "{body}"
+    );
 }
 
 async fn cp_write_commits_on_every_replica(backend: Backend) {
@@ -239,7 +268,11 @@ async fn cp_write_commits_on_every_replica(backend: Backend) {
         assert_eq!(body["acked_by"], serde_json::json!(["db_g1", "db_g2"]));
         let (status, body) = get(&c, format!("{}/read/CP_KEY", cp.url)).await;
         assert_eq!(status, 200);
-        assert_eq!(body["value"], format!("V{i}"), "a CP read returns the latest committed write");
+        assert_eq!(
+            body["value"],
+            format!("V{i}"),
+            "a CP read returns the latest committed write"
+        );
         assert_eq!(body["Consistency_Status"], "CONSISTENT", "{body}");
     }
 }
@@ -272,7 +305,10 @@ async fn v1_api_round_trips_binary_values_and_deletes(backend: Backend) {
     let c = client();
     let binary: Vec<u8> = (0..=255u8).collect();
     for consistency in ["ap", "cp"] {
-        let url = format!("{}/v1/kv/bin-{consistency}?consistency={consistency}", gw.url);
+        let url = format!(
+            "{}/v1/kv/bin-{consistency}?consistency={consistency}",
+            gw.url
+        );
         let r = c
             .put(&url)
             .header("content-type", "application/octet-stream")
@@ -317,13 +353,31 @@ async fn bad_input_gets_structured_errors_and_changes_nothing() {
     let c = client();
     let long_key = "k".repeat(1025);
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (c.post(format!("{}/write/{long_key}/v", gw.url)), 413, "KEY_TOO_LARGE"),
-        (c.post(format!("{}/write/k/{}", gw.url, "v".repeat(1001))), 413, "VALUE_TOO_LARGE"),
-        (c.put(format!("{}/v1/kv/k", gw.url)).body(vec![0u8; 1001]), 413, "VALUE_TOO_LARGE"),
-        (c.post(format!("{}/write/%FF%FE/v", gw.url)), 400, "INVALID_KEY"),
+        (
+            c.post(format!("{}/write/{long_key}/v", gw.url)),
+            413,
+            "KEY_TOO_LARGE",
+        ),
+        (
+            c.post(format!("{}/write/k/{}", gw.url, "v".repeat(1001))),
+            413,
+            "VALUE_TOO_LARGE",
+        ),
+        (
+            c.put(format!("{}/v1/kv/k", gw.url)).body(vec![0u8; 1001]),
+            413,
+            "VALUE_TOO_LARGE",
+        ),
+        (
+            c.post(format!("{}/write/%FF%FE/v", gw.url)),
+            400,
+            "INVALID_KEY",
+        ),
         (c.get(format!("{}/v1/kv/", gw.url)), 400, "INVALID_KEY"),
         (
-            c.put(format!("{}/v1/kv/k", gw.url)).header("content-type", "application/json").body("{not json"),
+            c.put(format!("{}/v1/kv/k", gw.url))
+                .header("content-type", "application/json")
+                .body("{not json"),
             400,
             "INVALID_BODY",
         ),
@@ -334,8 +388,16 @@ async fn bad_input_gets_structured_errors_and_changes_nothing() {
             400,
             "INVALID_BODY",
         ),
-        (c.get(format!("{}/v1/kv/k?consistency=eventual", gw.url)), 400, "INVALID_CONSISTENCY"),
-        (c.get(format!("{}/no/such/endpoint", gw.url)), 404, "NOT_FOUND"),
+        (
+            c.get(format!("{}/v1/kv/k?consistency=eventual", gw.url)),
+            400,
+            "INVALID_CONSISTENCY",
+        ),
+        (
+            c.get(format!("{}/no/such/endpoint", gw.url)),
+            404,
+            "NOT_FOUND",
+        ),
     ];
     for (req, status, code) in cases {
         let r = req.send().await.expect("request");
@@ -381,7 +443,11 @@ async fn hung_and_garbage_replicas_are_failures_bounded_by_the_timeout() {
     for i in 0..3 {
         let (status, body) = post(&c, format!("{}/write/K{i}/V", gw.url)).await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["behind"], serde_json::json!(["db_hang", "db_garbage"]), "{body}");
+        assert_eq!(
+            body["behind"],
+            serde_json::json!(["db_hang", "db_garbage"]),
+            "{body}"
+        );
     }
     let (_, cb) = get(&c, format!("{}/circuit-breaker", gw.url)).await;
     assert_eq!(cb["db_hang"]["state"], "OPEN", "{cb}");
@@ -398,7 +464,10 @@ async fn openapi_document_and_health_are_served() {
     let c = client();
     let (status, doc) = get(&c, format!("{}/openapi.json", gw.url)).await;
     assert_eq!(status, 200);
-    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{doc}");
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')),
+        "{doc}"
+    );
     assert!(doc["paths"]["/v1/kv/{key}"]["put"].is_object(), "{doc}");
     let (status, body) = get(&c, format!("{}/health", gw.url)).await;
     assert_eq!((status, body["mode"].as_str()), (200, Some("CP")));

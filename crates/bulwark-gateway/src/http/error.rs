@@ -20,42 +20,58 @@ pub struct ApiError {
     /// Correlation id of the request.
     pub request_id: String,
     /// Extra fields inside the `error` object (`limit`, `outcome`, `version`, …).
-    pub extra: Map<String, Value>,
+    pub extra: Vec<(&'static str, Value)>,
     /// Seconds after which a retry may succeed (`Retry-After`).
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// An error with no extra fields.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>, request_id: &str) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        request_id: &str,
+    ) -> Self {
         ApiError {
             status,
             code,
             message: message.into(),
             request_id: request_id.to_string(),
-            extra: Map::new(),
+            extra: Vec::new(),
             retry_after: None,
         }
     }
 
     /// Adds a field to the `error` object.
-    pub fn with(mut self, field: &str, value: impl Into<Value>) -> Self {
-        self.extra.insert(field.to_string(), value.into());
+    pub fn with(mut self, field: &'static str, value: impl Into<Value>) -> Self {
+        self.extra.push((field, value.into()));
         self
     }
 
     /// A bad key or value: 400 for malformed, 413 for too large (with the limit).
     pub fn limit(e: LimitError, request_id: &str) -> Self {
         match e {
-            LimitError::EmptyKey => ApiError::new(StatusCode::BAD_REQUEST, "INVALID_KEY", e.to_string(), request_id),
-            LimitError::KeyTooLarge { limit, .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "KEY_TOO_LARGE", e.to_string(), request_id)
-                    .with("limit", limit)
-            }
-            LimitError::ValueTooLarge { limit, .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "VALUE_TOO_LARGE", e.to_string(), request_id)
-                    .with("limit", limit)
-            }
+            LimitError::EmptyKey => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_KEY",
+                e.to_string(),
+                request_id,
+            ),
+            LimitError::KeyTooLarge { limit, .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "KEY_TOO_LARGE",
+                e.to_string(),
+                request_id,
+            )
+            .with("limit", limit),
+            LimitError::ValueTooLarge { limit, .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "VALUE_TOO_LARGE",
+                e.to_string(),
+                request_id,
+            )
+            .with("limit", limit),
         }
     }
 
@@ -107,9 +123,13 @@ impl ApiError {
     /// A read that could not be answered.
     pub fn from_read(e: ReadError, request_id: &str) -> Self {
         match e {
-            ReadError::Unavailable(reason) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "READ_UNAVAILABLE", reason, request_id).retry(1)
-            }
+            ReadError::Unavailable(reason) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "READ_UNAVAILABLE",
+                reason,
+                request_id,
+            )
+            .retry(1),
         }
     }
 
@@ -125,7 +145,7 @@ impl IntoResponse for ApiError {
         error.insert("code".into(), self.code.into());
         error.insert("message".into(), self.message.into());
         error.insert("request_id".into(), self.request_id.into());
-        error.extend(self.extra);
+        error.extend(self.extra.into_iter().map(|(k, v)| (k.to_string(), v)));
         let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
         if let Some(secs) = self.retry_after {
             response

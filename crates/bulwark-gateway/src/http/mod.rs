@@ -52,7 +52,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/write/{key}/{value}", post(seed::write))
         .route("/read/{key}", get(seed::read))
         .route("/v1/kv/{key}", get(v1::get).put(v1::put).delete(v1::delete))
-        .route("/v1/kv/", get(v1::empty_key).put(v1::empty_key).delete(v1::empty_key))
+        .route(
+            "/v1/kv/",
+            get(v1::empty_key).put(v1::empty_key).delete(v1::empty_key),
+        )
         .route("/health", get(health))
         .route("/health/live", get(health))
         .route("/health/ready", get(ready))
@@ -77,7 +80,10 @@ async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let operation = operation(&method, req.extensions().get::<MatchedPath>().map(|m| m.as_str()));
+    let operation = operation(
+        &method,
+        req.extensions().get::<MatchedPath>().map(|m| m.as_str()),
+    );
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let mut response = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -113,13 +119,19 @@ fn operation(method: &Method, route: Option<&str>) -> &'static str {
 }
 
 async fn not_found(axum::Extension(rid): axum::Extension<RequestId>) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint", &rid.0)
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no such endpoint",
+        &rid.0,
+    )
 }
 
 /// Liveness: the process serves HTTP.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let c = &state.engine.config;
-    axum::Json(json!({"status": "healthy", "service": c.name, "mode": c.mode.as_str()})).into_response()
+    axum::Json(json!({"status": "healthy", "service": c.name, "mode": c.mode.as_str()}))
+        .into_response()
 }
 
 /// Readiness (SPEC CAP-10): can this gateway serve writes in its mode right now?
@@ -143,7 +155,11 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         "write_quorum": e.config.mode.write_quorum(e.set.len()),
         "replicas": replicas,
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 
@@ -166,7 +182,10 @@ async fn circuit_breaker(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics() -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         bulwark_obs::metrics::render(),
     )
         .into_response()
@@ -174,12 +193,22 @@ async fn metrics() -> Response {
 
 /// The consistency a request asks for: `?consistency=` or `X-Consistency`, else the
 /// gateway's mode.
-fn requested_mode(state: &AppState, query: Option<&str>, headers: &HeaderMap, rid: &str) -> Result<Mode, ApiError> {
+fn requested_mode(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    rid: &str,
+) -> Result<Mode, ApiError> {
     let raw = query.or_else(|| headers.get("x-consistency").and_then(|v| v.to_str().ok()));
     match raw {
         None => Ok(state.engine.config.mode),
         Some(m) => m.parse().map_err(|e: String| {
-            ApiError::new(StatusCode::BAD_REQUEST, "INVALID_CONSISTENCY", format!("consistency {m:?}: {e}"), rid)
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_CONSISTENCY",
+                format!("consistency {m:?}: {e}"),
+                rid,
+            )
         }),
     }
 }
@@ -213,7 +242,13 @@ fn write_response(
         coordinator,
     } = outcome
     else {
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "unexpected outcome", rid).into_response();
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "unexpected outcome",
+            rid,
+        )
+        .into_response();
     };
     let mut session = session(state, headers);
     session.record(key, version);
@@ -229,11 +264,17 @@ fn write_response(
         body["coordinator"] = c.into();
     }
     if !behind.is_empty() {
-        body["warning"] = format!("AP_STALE_RISK: {} missed this write; queued for hinted handoff", behind.join(", ")).into();
+        body["warning"] = format!(
+            "AP_STALE_RISK: {} missed this write; queued for hinted handoff",
+            behind.join(", ")
+        )
+        .into();
     }
     let mut response = axum::Json(body).into_response();
     if let Ok(v) = HeaderValue::from_str(&state.sessions.set_cookie(&session)) {
-        response.headers_mut().insert(axum::http::header::SET_COOKIE, v);
+        response
+            .headers_mut()
+            .insert(axum::http::header::SET_COOKIE, v);
     }
     response
 }
@@ -241,7 +282,10 @@ fn write_response(
 /// Per-replica details and seed-style staleness fields of a read.
 fn read_fields(result: &ReadResult, body: &mut Map<String, Value>) {
     for (i, r) in result.replicas.iter().enumerate() {
-        body.insert(format!("G{}_Staleness_ms", i + 1), r.staleness_ms.map_or(Value::Null, Value::from));
+        body.insert(
+            format!("G{}_Staleness_ms", i + 1),
+            r.staleness_ms.map_or(Value::Null, Value::from),
+        );
     }
     body.insert("Consistency_Status".into(), result.status.into());
     body.insert("RYW_Consistent".into(), result.ryw_consistent.into());
@@ -277,7 +321,9 @@ fn value_fields(value: &[u8], body: &mut Map<String, Value>) {
             body.insert("value".into(), Value::Null);
             body.insert(
                 "value_base64".into(),
-                base64::engine::general_purpose::STANDARD.encode(value).into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(value)
+                    .into(),
             );
         }
     }

@@ -6,7 +6,10 @@ use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Bulwark CAP service", description = "Key-value gateway over N replicas with per-request consistency (AP, CP, quorum). Errors are {\"error\":{\"code\",\"message\",\"request_id\"}}."),
+    info(
+        title = "Bulwark CAP service",
+        description = "Key-value gateway over N replicas with per-request consistency (AP, CP, quorum). Errors are {\"error\":{\"code\",\"message\",\"request_id\"}}."
+    ),
     paths(super::v1::get, super::v1::put, super::v1::delete),
     components(schemas(super::v1::PutBody))
 )]

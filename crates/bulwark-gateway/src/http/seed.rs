@@ -15,7 +15,12 @@ use super::{ApiError, AppState, RequestId, read_fields, session, value_fields, w
 
 /// A path that is not valid UTF-8 after percent-decoding, or otherwise unusable.
 pub(super) fn bad_path(e: PathRejection, rid: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_KEY", format!("invalid path: {e}"), rid)
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "INVALID_KEY",
+        format!("invalid path: {e}"),
+        rid,
+    )
 }
 
 /// `POST /write/{key}/{value}`.
@@ -31,7 +36,10 @@ pub async fn write(
         Err(e) => return bad_path(e, &rid).into_response(),
     };
     let limits = state.engine.config.limits;
-    if let Err(e) = limits.check_key(key.as_bytes()).and(limits.check_value(value.as_bytes())) {
+    if let Err(e) = limits
+        .check_key(key.as_bytes())
+        .and(limits.check_value(value.as_bytes()))
+    {
         return ApiError::limit(e, &rid).into_response();
     }
     let mode = state.engine.config.mode;
@@ -59,13 +67,21 @@ pub async fn read(
     }
     let mode = state.engine.config.mode;
     let required = session(&state, &headers).required(&key);
-    let result = match state.engine.read(key.as_bytes(), mode, required, &rid).await {
+    let result = match state
+        .engine
+        .read(key.as_bytes(), mode, required, &rid)
+        .await
+    {
         Ok(r) => r,
         Err(e) => return ApiError::from_read(e, &rid).into_response(),
     };
     let mut body = Map::new();
     body.insert("key".into(), key.clone().into());
-    match result.record.as_ref().and_then(|r| r.value.as_ref().map(|v| (r.version, v))) {
+    match result
+        .record
+        .as_ref()
+        .and_then(|r| r.value.as_ref().map(|v| (r.version, v)))
+    {
         Some((version, value)) => {
             value_fields(value, &mut body);
             body.insert("version".into(), version.to_string().into());

@@ -13,7 +13,10 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::seed::bad_path;
-use super::{ApiError, AppState, RequestId, read_fields, requested_mode, session, value_fields, version_header, write_response};
+use super::{
+    ApiError, AppState, RequestId, read_fields, requested_mode, session, value_fields,
+    version_header, write_response,
+};
 
 /// Query parameters of `/v1/kv/{key}`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -32,7 +35,11 @@ pub struct PutBody {
     pub value_base64: Option<String>,
 }
 
-fn checked_key(state: &AppState, path: Result<Path<String>, PathRejection>, rid: &str) -> Result<String, ApiError> {
+fn checked_key(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    rid: &str,
+) -> Result<String, ApiError> {
     let Path(key) = path.map_err(|e| bad_path(e, rid))?;
     state
         .engine
@@ -45,7 +52,12 @@ fn checked_key(state: &AppState, path: Result<Path<String>, PathRejection>, rid:
 
 /// `/v1/kv/` with no key.
 pub async fn empty_key(Extension(rid): Extension<RequestId>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_KEY", "key must not be empty", &rid.0)
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "INVALID_KEY",
+        "key must not be empty",
+        &rid.0,
+    )
 }
 
 /// Read a key.
@@ -64,16 +76,29 @@ pub async fn get(
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let mode = match requested_mode(&state, query.as_ref().ok().and_then(|q| q.consistency.as_deref()), &headers, &rid) {
+    let mode = match requested_mode(
+        &state,
+        query.as_ref().ok().and_then(|q| q.consistency.as_deref()),
+        &headers,
+        &rid,
+    ) {
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };
     let required = session(&state, &headers).required(&key);
-    let result = match state.engine.read(key.as_bytes(), mode, required, &rid).await {
+    let result = match state
+        .engine
+        .read(key.as_bytes(), mode, required, &rid)
+        .await
+    {
         Ok(r) => r,
         Err(e) => return ApiError::from_read(e, &rid).into_response(),
     };
-    let Some((version, value)) = result.record.as_ref().and_then(|r| r.value.clone().map(|v| (r.version, v))) else {
+    let Some((version, value)) = result
+        .record
+        .as_ref()
+        .and_then(|r| r.value.clone().map(|v| (r.version, v)))
+    else {
         return ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such key", &rid)
             .with("consistency_status", result.status)
             .into_response();
@@ -85,8 +110,14 @@ pub async fn get(
     if wants_raw {
         return (
             [
-                (header::CONTENT_TYPE, "application/octet-stream".parse().expect("static header")),
-                (header::HeaderName::from_static("x-bulwark-version"), version_header(version)),
+                (
+                    header::CONTENT_TYPE,
+                    "application/octet-stream".parse().expect("static header"),
+                ),
+                (
+                    header::HeaderName::from_static("x-bulwark-version"),
+                    version_header(version),
+                ),
             ],
             value,
         )
@@ -138,7 +169,10 @@ pub async fn put(
     let value = if is_json {
         match decode_json_value(&body) {
             Ok(v) => v,
-            Err(msg) => return ApiError::new(StatusCode::BAD_REQUEST, "INVALID_BODY", msg, &rid).into_response(),
+            Err(msg) => {
+                return ApiError::new(StatusCode::BAD_REQUEST, "INVALID_BODY", msg, &rid)
+                    .into_response();
+            }
         }
     } else {
         body
@@ -146,16 +180,25 @@ pub async fn put(
     if let Err(e) = limits.check_value(&value) {
         return ApiError::limit(e, &rid).into_response();
     }
-    let mode = match requested_mode(&state, query.as_ref().ok().and_then(|q| q.consistency.as_deref()), &headers, &rid) {
+    let mode = match requested_mode(
+        &state,
+        query.as_ref().ok().and_then(|q| q.consistency.as_deref()),
+        &headers,
+        &rid,
+    ) {
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };
-    let outcome = state.engine.write(key.as_bytes(), Some(value), mode, &rid).await;
+    let outcome = state
+        .engine
+        .write(key.as_bytes(), Some(value), mode, &rid)
+        .await;
     write_response(&state, &headers, &key, mode, outcome, &rid)
 }
 
 fn decode_json_value(body: &[u8]) -> Result<Bytes, String> {
-    let parsed: PutBody = serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}"))?;
+    let parsed: PutBody =
+        serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}"))?;
     match (parsed.value, parsed.value_base64) {
         (Some(text), None) => Ok(Bytes::from(text)),
         (None, Some(b64)) => base64::engine::general_purpose::STANDARD
@@ -181,7 +224,12 @@ pub async fn delete(
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let mode = match requested_mode(&state, query.as_ref().ok().and_then(|q| q.consistency.as_deref()), &headers, &rid) {
+    let mode = match requested_mode(
+        &state,
+        query.as_ref().ok().and_then(|q| q.consistency.as_deref()),
+        &headers,
+        &rid,
+    ) {
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };

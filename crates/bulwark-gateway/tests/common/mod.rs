@@ -154,9 +154,11 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(settings: &[(&str, String)]) -> TestGateway {
-        let mut pairs: Vec<(&str, String)> = vec![("PORT", "0".into()), ("HEALTH_INTERVAL_SEC", "600".into())];
+        let mut pairs: Vec<(&str, String)> =
+            vec![("PORT", "0".into()), ("HEALTH_INTERVAL_SEC", "600".into())];
         pairs.extend(settings.iter().cloned());
-        let config = GatewayConfig::from_settings(&Settings::from_pairs(pairs)).expect("valid test config");
+        let config =
+            GatewayConfig::from_settings(&Settings::from_pairs(pairs)).expect("valid test config");
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
@@ -220,7 +222,10 @@ impl TestCluster {
             ("MODE", mode.into()),
             ("REPLICAS", self.replicas_setting()),
             ("BACKEND", self.backend.as_str().into()),
-            ("SECRET_KEY", "test-secret-key-shared-by-all-gateways".into()),
+            (
+                "SECRET_KEY",
+                "test-secret-key-shared-by-all-gateways".into(),
+            ),
         ];
         s.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         TestGateway::start(&s).await
@@ -229,7 +234,10 @@ impl TestCluster {
 
 /// An HTTP client that keeps cookies (a session), like `curl -c/-b cookies.txt`.
 pub fn session_client() -> reqwest::Client {
-    reqwest::Client::builder().cookie_store(true).build().expect("client")
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .expect("client")
 }
 
 /// An HTTP client without cookies.
