@@ -7,7 +7,10 @@
 //! * [`wait_for`] / [`wait_for_some`]: poll a condition until a deadline instead of
 //!   sleeping for a guessed time;
 //! * [`BlackHole`] and [`GarbageServer`]: TCP servers that hang or answer nonsense, for
-//!   fault tests of clients.
+//!   fault tests of clients;
+//! * [`RespProxy`]: a RESP-aware proxy in front of one server that drops the reply of,
+//!   refuses, delays or closes after *specific* commands, switched at run time by
+//!   [`Rule`]s, for tests of the two-phase commit's lost-message paths.
 //!
 //! Helpers panic with a message on set-up failures: they run only inside tests, where a
 //! panic is a test failure that says what went wrong.
@@ -16,6 +19,7 @@
 
 mod faults;
 mod redis;
+mod resp_proxy;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 pub use faults::{BlackHole, GarbageServer};
 pub use redis::{Persistence, RedisOptions, RedisServer};
+pub use resp_proxy::{Action, RespProxy, Rule};
 
 /// How often the polling helpers re-check their condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
