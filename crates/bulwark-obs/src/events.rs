@@ -299,7 +299,7 @@ impl Emit for ApStaleRisk<'_> {
             request_id = self.request_id,
             key = self.key,
             version = self.version,
-            behind = ?self.behind,
+            behind = self.behind.join(","),
         );
     }
 }
