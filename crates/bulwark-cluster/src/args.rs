@@ -40,10 +40,13 @@ pub struct UpArgs {
     #[arg(long, short = 'q', overrides_with = "foreground_logs")]
     pub quiet: bool,
 
-    /// Durability policy of the replicas' writes, passed to every replica (`--appendfsync`
-    /// of `bulwark node`, `appendfsync` of `redis-server`).
-    #[arg(long, value_enum, default_value_t = Appendfsync::Always)]
-    pub appendfsync: Appendfsync,
+    /// Durability policy of the replicas' plain and AP writes (`--appendfsync` of `bulwark
+    /// node`, `appendfsync` of `redis-server`). Default: `everysec` for bulwark nodes (CP
+    /// and quorum protocol steps are fsynced before they are acknowledged whatever the
+    /// policy), `always` for redis-server (a Redis function cannot force an fsync, so CP
+    /// durability needs it).
+    #[arg(long, value_enum)]
+    pub appendfsync: Option<Appendfsync>,
 
     /// How long a service may take to become healthy at start-up before `up` gives up.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
@@ -88,6 +91,16 @@ impl Appendfsync {
             Appendfsync::Everysec => "everysec",
             Appendfsync::No => "no",
         }
+    }
+}
+
+impl UpArgs {
+    /// The replicas' `appendfsync` policy: the flag, or the backend's safe default.
+    pub fn appendfsync(&self) -> Appendfsync {
+        self.appendfsync.unwrap_or(match self.backend {
+            Backend::Bulwark => Appendfsync::Everysec,
+            Backend::Redis => Appendfsync::Always,
+        })
     }
 }
 
@@ -228,7 +241,7 @@ mod tests {
             (up.replicas, up.backend, up.control_port, up.quiet),
             (2, Backend::Bulwark, 7070, false)
         );
-        assert_eq!(up.appendfsync, Appendfsync::Always);
+        assert_eq!(up.appendfsync(), Appendfsync::Everysec);
         let Ok(Cli::Up(up)) = parse("up --replicas 3 --backend redis -q --appendfsync everysec")
         else {
             panic!("up parses")
@@ -237,6 +250,11 @@ mod tests {
             (up.replicas, up.backend, up.quiet),
             (3, Backend::Redis, true)
         );
+        assert_eq!(up.appendfsync(), Appendfsync::Everysec, "an explicit flag wins");
+        let Ok(Cli::Up(up)) = parse("up --backend redis") else {
+            panic!("up parses")
+        };
+        assert_eq!(up.appendfsync(), Appendfsync::Always, "redis needs always for CP");
         assert!(parse("up --replicas 10").is_err());
         assert!(parse("up --replicas 0").is_err());
     }

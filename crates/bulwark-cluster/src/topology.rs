@@ -168,7 +168,7 @@ impl Topology {
                         "--dir".into(),
                         dir.into_os_string(),
                         "--appendfsync".into(),
-                        args.appendfsync.as_str().into(),
+                        args.appendfsync().as_str().into(),
                     ],
                 ),
                 Backend::Redis => (
@@ -181,7 +181,7 @@ impl Topology {
                         "--appendonly".into(),
                         "yes".into(),
                         "--appendfsync".into(),
-                        args.appendfsync.as_str().into(),
+                        args.appendfsync().as_str().into(),
                         "--save".into(),
                         "".into(),
                         "--dir".into(),
@@ -265,7 +265,7 @@ mod tests {
             no_quorum: false,
             foreground_logs: false,
             quiet: false,
-            appendfsync: Appendfsync::Always,
+            appendfsync: Some(Appendfsync::Always),
             startup_timeout: 30,
         }
     }
