@@ -53,6 +53,11 @@ pub struct NodeArgs {
     /// Writer id stamped into versions of plain SET/DEL [default: derived from the name].
     #[arg(long, env = "WRITER_ID")]
     pub writer_id: Option<u32>,
+    /// Refuse writes that add data (`-OOM`) once the in-memory data set is over this many
+    /// bytes (estimated, `INFO memory`); 0: no limit, as in Redis. Commits, aborts and
+    /// deletions are always accepted.
+    #[arg(long, env = "MAXMEMORY", default_value_t = 0)]
+    pub maxmemory: u64,
 }
 
 impl NodeArgs {
@@ -68,6 +73,7 @@ impl NodeArgs {
             max_clients: 10_000,
             max_request_bytes: 8 << 20,
             writer_id: None,
+            maxmemory: 0,
         }
     }
 

@@ -75,6 +75,7 @@ pub async fn serve(
     });
     let config = StoreConfig {
         fsync_observer: Some(observer),
+        max_memory_bytes: (args.maxmemory > 0).then_some(args.maxmemory),
         ..StoreConfig::new(&dir, args.appendfsync, args.writer_id())
     };
     let (store, report) = tokio::task::spawn_blocking(move || Store::open(config))

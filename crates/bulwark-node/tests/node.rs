@@ -492,7 +492,7 @@ async fn graceful_shutdown_flushes_data_to_disk() {
     let (store, report) = Store::open(StoreConfig::new(tmp.path(), Appendfsync::No, 1)).unwrap();
     assert_eq!(report.live_keys, 100);
     assert_eq!(report.pending, 1);
-    assert_eq!(store.get(b"k42").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(store.get(b"k42").await.unwrap().as_deref(), Some(&b"v"[..]));
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ const FLAG_TOMBSTONE: u8 = 1;
 pub const VERSION_BYTES: usize = 14;
 
 /// Bytes before the value in a committed record.
-const COMMITTED_HEADER: usize = 2 + VERSION_BYTES;
+pub const COMMITTED_HEADER: usize = 2 + VERSION_BYTES;
 
 pub fn put_version(out: &mut Vec<u8>, v: Version) {
     out.extend_from_slice(&v.physical_ms.to_be_bytes());

@@ -17,7 +17,7 @@ use fjall::{Database, PersistMode};
 use tokio::sync::watch;
 
 use crate::StorageError;
-use crate::store::FsyncObserver;
+use crate::store::{FsyncObserver, SyncGate};
 
 /// When acknowledged writes are fsynced, with Redis's names and meanings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,33 +69,41 @@ impl FromStr for Appendfsync {
 /// A write's place in the journal, to be acknowledged with [`crate::Store::ack`] before
 /// the write is reported to a client. Tickets merge, so a pipeline of writes needs one
 /// acknowledgement (one fsync under `always`) for the whole batch.
+///
+/// Reads hand out tickets too: a read that observed protocol state (a prepare, commit or
+/// abort) not yet fsynced carries a ticket whose `durable` part makes the reply wait for
+/// that fsync.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[must_use = "a write must be acknowledged with Store::ack before replying"]
 pub struct Ticket {
-    /// Sequence number of the write; 0 for "nothing was written".
+    /// Sequence number of the latest write covered, acknowledged as the policy says
+    /// (0: none).
     pub(crate) seq: u64,
-    /// The write must be fsynced whatever the policy (protocol operations).
-    pub(crate) sync: bool,
+    /// Sequence number that must be fsynced whatever the policy (protocol operations and
+    /// reads of their effects); 0: none.
+    pub(crate) durable: u64,
 }
 
 impl Ticket {
-    /// The ticket of an operation that wrote nothing.
-    pub const NONE: Ticket = Ticket {
-        seq: 0,
-        sync: false,
-    };
+    /// The ticket of an operation that wrote nothing and observed nothing undurable.
+    pub const NONE: Ticket = Ticket { seq: 0, durable: 0 };
 
-    /// One ticket covering both writes.
+    /// One ticket covering both.
     pub fn merge(self, other: Ticket) -> Ticket {
         Ticket {
             seq: self.seq.max(other.seq),
-            sync: self.sync || other.sync,
+            durable: self.durable.max(other.durable),
         }
     }
 
-    /// Whether the operation wrote nothing.
+    /// Whether acknowledging this ticket has nothing to wait for.
     pub fn is_none(&self) -> bool {
-        self.seq == 0
+        self.seq == 0 && self.durable == 0
+    }
+
+    /// Whether acknowledging this ticket waits for an fsync whatever the policy.
+    pub fn needs_fsync(&self) -> bool {
+        self.durable != 0
     }
 }
 
@@ -127,6 +135,11 @@ pub(crate) struct Durability {
     wake: Condvar,
     /// Highest ticket known durable; writers wait on it. `u64::MAX` after a failure.
     durable: watch::Sender<u64>,
+    /// Highest ticket fsynced successfully: the same as `durable` without the failure
+    /// sentinel, as an atomic so readers can check it without touching the watch lock.
+    synced: AtomicU64,
+    /// Called by the committer before each fsync (fault-injection and tests).
+    gate: Option<SyncGate>,
     /// Set once if an fsync fails: from then on nothing is acknowledged as durable.
     failed: OnceLock<String>,
     /// Called with the duration of every fsync (the node records a histogram).
@@ -146,7 +159,12 @@ impl fmt::Debug for Durability {
 }
 
 impl Durability {
-    pub(crate) fn new(db: Database, policy: Appendfsync, observer: Option<FsyncObserver>) -> Self {
+    pub(crate) fn new(
+        db: Database,
+        policy: Appendfsync,
+        observer: Option<FsyncObserver>,
+        gate: Option<SyncGate>,
+    ) -> Self {
         Durability {
             db,
             policy,
@@ -156,6 +174,8 @@ impl Durability {
             request: Mutex::new(SyncRequest::default()),
             wake: Condvar::new(),
             durable: watch::Sender::new(0),
+            synced: AtomicU64::new(0),
+            gate,
             failed: OnceLock::new(),
             observer,
             fsyncs: AtomicU64::new(0),
@@ -173,23 +193,42 @@ impl Durability {
     /// A ticket for a write that has just reached the journal. Must be called *after* the
     /// write, so that any sync starting later covers it.
     pub(crate) fn issue(&self, sync: bool) -> Ticket {
+        let seq = self.written.fetch_add(1, Ordering::AcqRel) + 1;
         Ticket {
-            seq: self.written.fetch_add(1, Ordering::AcqRel) + 1,
-            sync,
+            seq,
+            durable: if sync { seq } else { 0 },
+        }
+    }
+
+    /// The ticket a read must acknowledge after observing state last changed by a
+    /// protocol write with sequence number `seq`: nothing if that write is already
+    /// fsynced (the common case: one atomic load), else a wait for its fsync.
+    pub(crate) fn read_ticket(&self, seq: u64) -> Ticket {
+        if seq == 0 || seq <= self.synced.load(Ordering::Acquire) {
+            Ticket::NONE
+        } else {
+            Ticket {
+                seq: 0,
+                durable: seq,
+            }
         }
     }
 
     /// Waits until the write behind `ticket` is as durable as the policy (or the ticket)
     /// demands.
     pub(crate) async fn ack(&self, ticket: Ticket) -> Result<(), StorageError> {
-        if ticket.seq == 0 {
-            return Ok(());
-        }
-        if ticket.sync || self.policy == Appendfsync::Always {
-            self.wait_durable(ticket.seq).await
+        let durable = if self.policy == Appendfsync::Always {
+            ticket.durable.max(ticket.seq)
         } else {
-            self.flush_os(ticket.seq).await
+            ticket.durable
+        };
+        if durable > 0 {
+            self.wait_durable(durable).await?;
         }
+        if ticket.seq > durable {
+            self.flush_os(ticket.seq).await?;
+        }
+        Ok(())
     }
 
     /// Waits until everything up to `seq` has moved from the journal's user-space buffer
@@ -273,10 +312,14 @@ impl Durability {
     /// Syncs now (committer thread, close, restore).
     pub(crate) fn sync_now(&self) -> Result<(), StorageError> {
         let target = self.written.load(Ordering::Acquire);
+        if let Some(gate) = &self.gate {
+            gate();
+        }
         let start = Instant::now();
         match self.db.persist(PersistMode::SyncData) {
             Ok(()) => {
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.synced.fetch_max(target, Ordering::AcqRel);
                 if let Some(observe) = &self.observer {
                     observe(start.elapsed());
                 }
@@ -366,12 +409,10 @@ mod tests {
 
     #[test]
     fn tickets_merge_to_the_latest_and_strictest() {
-        let a = Ticket { seq: 3, sync: true };
-        let b = Ticket {
-            seq: 5,
-            sync: false,
-        };
-        assert_eq!(a.merge(b), Ticket { seq: 5, sync: true });
+        let a = Ticket { seq: 3, durable: 3 };
+        let b = Ticket { seq: 5, durable: 0 };
+        assert_eq!(a.merge(b), Ticket { seq: 5, durable: 3 });
+        assert!(a.merge(b).needs_fsync() && !b.needs_fsync());
         assert!(Ticket::NONE.is_none());
         assert_eq!(Ticket::NONE.merge(b), b);
     }

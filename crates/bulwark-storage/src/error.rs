@@ -51,6 +51,15 @@ pub enum StorageError {
     /// An argument the store cannot hold (oversized key or coordinator name).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// The in-memory index is over the configured `max_memory_bytes`; writes that add
+    /// data are refused (Redis's `noeviction`). Commits, aborts and deletions still work.
+    #[error("used memory {used} bytes exceeds maxmemory {max} bytes")]
+    OutOfMemory {
+        /// Estimated bytes in use.
+        used: u64,
+        /// The configured limit.
+        max: u64,
+    },
     /// A background save is already running.
     #[error("background save already in progress")]
     SaveInProgress,

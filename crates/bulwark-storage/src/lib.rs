@@ -15,12 +15,23 @@
 //! * Snapshots ([`Store::save`], [`Store::restore`]): a versioned, checksummed file of
 //!   every record, for `SAVE`/`BGSAVE` and backup/restore.
 //!
+//! * In memory: every record lives in a sharded hash map (as Redis keeps its data set in
+//!   memory), loaded from fjall at open; reads never touch the LSM tree. fjall is the
+//!   durable log. `StoreStats::memory_bytes` estimates the footprint; `max_memory_bytes`
+//!   bounds it.
+//! * Durable reads: a read never shows the effect of a prepare/commit/abort before its
+//!   fsync. Each key remembers the sequence number of its last protocol change; a read
+//!   (`get_deferred`, `get_state_deferred`) hands back a [`Ticket`] to acknowledge before
+//!   replying, empty unless that change is still in flight. Effects of `put`/`set`/`del`
+//!   follow the policy and never make reads wait.
+//!
 //! Persisted bytes carry format versions: a marker in the database ([`FORMAT_MARKER`]),
 //! one byte in front of every record, and a header in every snapshot.
 //!
-//! Concurrency: read-modify-write on one key (compare versions, then write) runs under a
-//! striped mutex chosen by the key's hash. The mutex is std's, held for the few
-//! microseconds of an in-memory LSM read and write, and never across an `.await`.
+//! Concurrency: read-modify-write on one key (compare versions, then write) runs under the
+//! mutex of the key's index shard, held across the fjall write so that memory and journal
+//! order each key's changes alike. The mutex is std's, held for the few microseconds of a
+//! hash lookup and a journal append, and never across an `.await`.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -28,6 +39,7 @@
 mod codec;
 mod durability;
 mod error;
+mod index;
 mod snapshot;
 mod store;
 
@@ -36,5 +48,5 @@ pub use error::StorageError;
 pub use snapshot::SnapshotInfo;
 pub use store::{
     FORMAT_MARKER, FsyncObserver, MAX_PENDING, OpenReport, PrepareReply, PrepareStatus, PutReply,
-    Store, StoreConfig, StoreStats,
+    Store, StoreConfig, StoreStats, SyncGate,
 };

@@ -1,9 +1,10 @@
-//! The store: per-key replica state on fjall, with striped locks for read-modify-write.
+//! The store: per-key replica state in an in-memory index (`crate::index`), logged to
+//! fjall for durability.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +15,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use crate::StorageError;
 use crate::codec::{self, Committed};
 use crate::durability::{Appendfsync, Durability, Ticket};
+use crate::index::{self, Entry, Index, Map, PendingRec};
 use crate::snapshot::{self, SnapshotInfo};
 
 /// The format marker stored in every database this build creates. A database carrying any
@@ -27,15 +29,16 @@ pub const MAX_PENDING: usize = 16;
 /// keys add 18 bytes; request limits (1 KiB by default) are far below this.
 const MAX_KEY_BYTES: usize = 60_000;
 
-/// Number of lock stripes. A power of two well above the core count, so that unrelated
-/// keys rarely share a stripe.
-const STRIPES: usize = 1024;
-
 /// Key of the format marker in the meta keyspace.
 const META_FORMAT: &[u8] = b"format";
 
 /// Receives the duration of every fsync (the node feeds a histogram with it).
 pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// Called by the committer thread before every fsync; may block, which holds the fsync
+/// (and everything waiting for it) back. For fault injection and for tests that check
+/// that nothing waiting on an fsync is observed before it.
+pub type SyncGate = Arc<dyn Fn() + Send + Sync>;
 
 /// How to open a [`Store`].
 #[derive(Clone)]
@@ -50,17 +53,26 @@ pub struct StoreConfig {
     pub cache_bytes: u64,
     /// Called with the duration of each fsync, if set.
     pub fsync_observer: Option<FsyncObserver>,
+    /// Called before each fsync, if set (see [`SyncGate`]).
+    pub sync_gate: Option<SyncGate>,
+    /// Refuse writes that add data ([`StorageError::OutOfMemory`]) once the in-memory
+    /// index holds more than this many bytes (estimated); `None`: no limit. Commits,
+    /// aborts and deletions are always accepted, so the protocol can always finish.
+    pub max_memory_bytes: Option<u64>,
 }
 
 impl StoreConfig {
-    /// A configuration with a 64 MiB block cache and no fsync observer.
+    /// A configuration with a 16 MiB block cache (reads are served from the in-memory
+    /// index; the cache only serves compaction), no hooks and no memory limit.
     pub fn new(dir: impl Into<PathBuf>, appendfsync: Appendfsync, writer_id: u32) -> Self {
         StoreConfig {
             dir: dir.into(),
             appendfsync,
             writer_id,
-            cache_bytes: 64 << 20,
+            cache_bytes: 16 << 20,
             fsync_observer: None,
+            sync_gate: None,
+            max_memory_bytes: None,
         }
     }
 }
@@ -73,6 +85,8 @@ impl fmt::Debug for StoreConfig {
             .field("writer_id", &self.writer_id)
             .field("cache_bytes", &self.cache_bytes)
             .field("fsync_observer", &self.fsync_observer.is_some())
+            .field("sync_gate", &self.sync_gate.is_some())
+            .field("max_memory_bytes", &self.max_memory_bytes)
             .finish()
     }
 }
@@ -155,6 +169,11 @@ pub struct StoreStats {
     pub last_bgsave_ok: bool,
     /// The durability policy.
     pub appendfsync: Appendfsync,
+    /// Estimated bytes held by the in-memory index (keys, values, pending writes and
+    /// bookkeeping): `INFO used_memory`.
+    pub memory_bytes: u64,
+    /// The configured limit on `memory_bytes`, if any.
+    pub max_memory_bytes: Option<u64>,
 }
 
 /// The durable versioned key-value store. Cheap to clone (an `Arc`).
@@ -173,22 +192,33 @@ impl fmt::Debug for Store {
 }
 
 struct Inner {
-    /// The fjall database (journal + keyspaces).
+    /// The fjall database (journal + keyspaces): the durable log behind the index.
     db: Database,
-    /// key → committed record.
+    /// key → committed record (durable copy).
     committed: Keyspace,
-    /// (key, version) → pending record.
+    /// (key, version) → pending record (durable copy).
     pending: Keyspace,
+    /// Every key's state in memory; answers all reads. A shard's lock also serialises
+    /// read-modify-write on its keys and is held across the fjall write, so memory and
+    /// journal agree on the order of changes to each key.
+    index: Index,
     /// Group committer shared with its thread.
     dur: Arc<Durability>,
     /// The committer thread, joined at close.
     committer: Mutex<Option<JoinHandle<()>>>,
-    /// Striped locks serialising read-modify-write per key.
-    locks: Box<[Mutex<()>]>,
     /// Clock for versions of plain SET/DEL.
     hlc: Hlc<SystemClock>,
-    /// Keys holding a value (DBSIZE), maintained under the stripe locks.
+    /// Keys holding a value (DBSIZE), maintained under the shard locks.
     live: AtomicI64,
+    /// Estimated bytes held by the index (INFO `used_memory`, `maxmemory`).
+    memory: AtomicI64,
+    /// Refuse growing writes above this many index bytes.
+    max_memory: Option<u64>,
+    /// Sequence number of the last FLUSHALL: it changed every key's state, so every
+    /// read waits for it to be fsynced (once; afterwards the check is one atomic load).
+    floor_seq: AtomicU64,
+    /// Sequence number of the last protocol change to any key (DBSIZE waits for it).
+    last_proto: AtomicU64,
     /// Data directory.
     dir: PathBuf,
     /// Set by close; later writes fail with `Closed`.
@@ -216,15 +246,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn fnv1a(key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 fn check_key(key: &[u8]) -> Result<(), StorageError> {
     if key.len() > MAX_KEY_BYTES {
         return Err(StorageError::InvalidArgument("key longer than 60000 bytes"));
@@ -232,9 +253,31 @@ fn check_key(key: &[u8]) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The replica state of an index entry, as the protocol reports it.
+fn replica_state(e: Option<&Entry>) -> ReplicaState {
+    let Some(e) = e else {
+        return ReplicaState::default();
+    };
+    ReplicaState {
+        committed: e.committed.as_ref().map(|c| Record {
+            version: c.version,
+            value: c.value.clone(),
+        }),
+        pending: e
+            .pending
+            .iter()
+            .map(|p| PendingRef {
+                version: p.version,
+                coordinator: p.coordinator.clone(),
+            })
+            .collect(),
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the store in `config.dir`, recovering from the journal. Blocking:
-    /// call it from a blocking context (`spawn_blocking`) in async code.
+    /// Opens (or creates) the store in `config.dir`, recovering from the journal and
+    /// loading every record into memory. Blocking: call it from a blocking context
+    /// (`spawn_blocking`) in async code.
     pub fn open(config: StoreConfig) -> Result<(Store, OpenReport), StorageError> {
         let db_path = config.dir.join("db");
         let created = !db_path.join("version").exists();
@@ -276,28 +319,26 @@ impl Store {
             })
             .sum();
 
-        let mut report = OpenReport {
+        let mut maps: Vec<Map> = (0..index::SHARDS).map(|_| Map::default()).collect();
+        let loaded = index::load(
+            &committed,
+            &pending,
+            &mut maps.iter_mut().collect::<Vec<_>>(),
+        )?;
+        let report = OpenReport {
             created,
+            live_keys: loaded.live_keys,
+            tombstones: loaded.tombstones,
+            pending: loaded.pending,
             journals: before.len(),
             journal_tail_discarded_bytes: discarded,
-            ..OpenReport::default()
         };
-        for kv in committed.iter() {
-            let (k, v) = kv.into_inner()?;
-            match codec::decode_committed(&k, Bytes::from(v))?.value {
-                Some(_) => report.live_keys += 1,
-                None => report.tombstones += 1,
-            }
-        }
-        for kv in pending.iter() {
-            let _ = kv.key()?;
-            report.pending += 1;
-        }
 
         let dur = Arc::new(Durability::new(
             db.clone(),
             config.appendfsync,
             config.fsync_observer.clone(),
+            config.sync_gate.clone(),
         ));
         let thread_dur = Arc::clone(&dur);
         let committer = std::thread::Builder::new()
@@ -313,11 +354,15 @@ impl Store {
             db,
             committed,
             pending,
+            index: Index::new(maps),
             dur,
             committer: Mutex::new(Some(committer)),
-            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             hlc: Hlc::new(config.writer_id, SystemClock::default()),
             live: AtomicI64::new(i64::try_from(report.live_keys).unwrap_or(i64::MAX)),
+            memory: AtomicI64::new(i64::try_from(loaded.bytes).unwrap_or(i64::MAX)),
+            max_memory: config.max_memory_bytes,
+            floor_seq: AtomicU64::new(0),
+            last_proto: AtomicU64::new(0),
             dir: config.dir,
             closed: AtomicBool::new(false),
             dirty: AtomicU64::new(0),
@@ -350,13 +395,6 @@ impl Store {
         self.inner.dur.policy()
     }
 
-    fn lock(&self, key: &[u8]) -> MutexGuard<'_, ()> {
-        let i = (fnv1a(key) as usize) & (STRIPES - 1);
-        self.inner.locks[i]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn check_open(&self) -> Result<(), StorageError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
@@ -364,30 +402,44 @@ impl Store {
         Ok(())
     }
 
-    fn read_committed(&self, key: &[u8]) -> Result<Option<Committed>, StorageError> {
-        match self.inner.committed.get(key)? {
-            Some(raw) => codec::decode_committed(key, Bytes::from(raw)).map(Some),
-            None => Ok(None),
+    /// Refuses a write that adds data once the index is over `max_memory_bytes`.
+    fn check_memory(&self) -> Result<(), StorageError> {
+        if let Some(max) = self.inner.max_memory {
+            let used = self.memory_bytes();
+            if used > max {
+                return Err(StorageError::OutOfMemory { used, max });
+            }
         }
-    }
-
-    /// Writes a committed record and keeps the live-key count; caller holds the stripe.
-    fn write_committed(
-        &self,
-        key: &[u8],
-        old: Option<&Committed>,
-        version: Version,
-        value: Option<&[u8]>,
-    ) -> Result<(), StorageError> {
-        self.inner
-            .committed
-            .insert(key, codec::encode_committed(version, value))?;
-        self.account(old, value.is_some());
         Ok(())
     }
 
-    fn account(&self, old: Option<&Committed>, now_live: bool) {
-        let was_live = old.is_some_and(|c| c.value.is_some());
+    fn memory_bytes(&self) -> u64 {
+        u64::try_from(self.inner.memory.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    fn resize(&self, before: usize, after: usize) {
+        let delta =
+            i64::try_from(after).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX);
+        self.inner.memory.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// What a read of `e` must wait for before its answer is shown: the fsync of the
+    /// key's last protocol change (or of the last FLUSHALL), unless already done. Plain
+    /// SET/BW.PUT/DEL never set this, so reads of their effects follow the policy.
+    fn observed(&self, e: Option<&Entry>) -> Ticket {
+        let seq = e
+            .map_or(0, |e| e.proto_seq)
+            .max(self.inner.floor_seq.load(Ordering::Acquire));
+        self.inner.dur.read_ticket(seq)
+    }
+
+    fn note_protocol_change(&self, e: &mut Entry, seq: u64) {
+        e.proto_seq = seq;
+        self.inner.last_proto.fetch_max(seq, Ordering::AcqRel);
+        self.inner.dirty.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn account_live(&self, was_live: bool, now_live: bool) {
         match (was_live, now_live) {
             (false, true) => {
                 self.inner.live.fetch_add(1, Ordering::Relaxed);
@@ -397,41 +449,94 @@ impl Store {
             }
             _ => {}
         }
+    }
+
+    /// Logs a committed record to fjall and installs it in the index; the caller holds
+    /// the key's shard. The record's bytes are shared by the memtable and the index.
+    fn write_committed(
+        &self,
+        map: &mut Map,
+        key: &[u8],
+        version: Version,
+        value: Option<&[u8]>,
+    ) -> Result<(), StorageError> {
+        let raw = Bytes::from(codec::encode_committed(version, value));
+        self.inner.committed.insert(key, raw.clone())?;
+        let c = Committed {
+            version,
+            value: value.map(|_| raw.slice(codec::COMMITTED_HEADER..)),
+        };
+        let now_live = c.value.is_some();
+        let (before, after, was_live) = match map.get_mut(key) {
+            Some(e) => {
+                let before = e.footprint(key.len());
+                let was_live = e.committed.as_ref().is_some_and(|c| c.value.is_some());
+                e.committed = Some(c);
+                (before, e.footprint(key.len()), was_live)
+            }
+            None => {
+                let e = Entry {
+                    committed: Some(c),
+                    ..Entry::default()
+                };
+                let after = e.footprint(key.len());
+                map.insert(Bytes::copy_from_slice(key), e);
+                (0, after, false)
+            }
+        };
+        self.resize(before, after);
+        self.account_live(was_live, now_live);
         self.inner.dirty.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Waits until the writes behind `ticket` are as durable as the policy demands (or,
-    /// for protocol operations, fsynced). Reply to a client only after this resolves.
+    /// for protocol operations and reads of their effects, fsynced). Reply to a client
+    /// only after this resolves.
     pub async fn ack(&self, ticket: Ticket) -> Result<(), StorageError> {
+        if ticket.is_none() {
+            return Ok(());
+        }
         self.inner.dur.ack(ticket).await
     }
 
-    /// The committed value of `key` (plain GET); `None` if absent or deleted.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
-        Ok(self.read_committed(key)?.and_then(|c| c.value))
+    /// The committed value of `key` (plain GET) and the ticket to acknowledge before
+    /// showing it: non-empty only if the value comes from a BW.COMMIT (or the key's
+    /// state from a prepare/abort) whose fsync has not completed. A hash lookup; never
+    /// blocks on I/O.
+    pub fn get_deferred(&self, key: &[u8]) -> (Option<Bytes>, Ticket) {
+        let map = self.inner.index.shard(key);
+        let e = map.get(key);
+        let value = e
+            .and_then(|e| e.committed.as_ref())
+            .and_then(|c| c.value.clone());
+        (value, self.observed(e))
     }
 
-    /// The replica state of `key` (BW.GET): committed record and pending writes, read
-    /// together under the key's lock so a concurrent commit is seen entirely or not at all.
-    pub fn get_state(&self, key: &[u8]) -> Result<ReplicaState, StorageError> {
-        let _guard = self.lock(key);
-        let committed = self.read_committed(key)?.map(|c| Record {
-            version: c.version,
-            value: c.value,
-        });
-        let mut pending = Vec::new();
-        for kv in self.inner.pending.prefix(codec::pending_prefix(key)) {
-            let (k, v) = kv.into_inner()?;
-            let Some((_, version)) = codec::split_pending_key(&k) else {
-                continue;
-            };
-            let p = codec::decode_pending(key, Bytes::from(v))?;
-            pending.push(PendingRef {
-                version,
-                coordinator: p.coordinator,
-            });
-        }
-        Ok(ReplicaState { committed, pending })
+    /// The committed value of `key` (plain GET); `None` if absent or deleted. Returns
+    /// only once whatever protocol change produced it is durable.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
+        let (value, ticket) = self.get_deferred(key);
+        self.ack(ticket).await?;
+        Ok(value)
+    }
+
+    /// The replica state of `key` (BW.GET) and the ticket to acknowledge before showing
+    /// it (see [`Store::get_deferred`]). Committed record and pending writes are read
+    /// together under the key's shard lock, so a concurrent commit is seen entirely or
+    /// not at all.
+    pub fn get_state_deferred(&self, key: &[u8]) -> (ReplicaState, Ticket) {
+        let map = self.inner.index.shard(key);
+        let e = map.get(key);
+        (replica_state(e), self.observed(e))
+    }
+
+    /// The replica state of `key` (BW.GET): committed record and pending writes, once
+    /// durable.
+    pub async fn get_state(&self, key: &[u8]) -> Result<ReplicaState, StorageError> {
+        let (state, ticket) = self.get_state_deferred(key);
+        self.ack(ticket).await?;
+        Ok(state)
     }
 
     /// Last-write-wins (BW.PUT): makes `(version, value)` the committed record if
@@ -444,26 +549,30 @@ impl Store {
     ) -> Result<(PutReply, Ticket), StorageError> {
         check_key(key)?;
         self.check_open()?;
+        if value.is_some() {
+            self.check_memory()?;
+        }
         self.inner.hlc.observe(version);
-        let _guard = self.lock(key);
-        let old = self.read_committed(key)?;
-        let current = old.as_ref().map(|c| c.version);
+        let mut map = self.inner.index.shard(key);
+        let e = map.get(key);
+        let seen = self.observed(e);
+        let current = e.and_then(|e| e.committed.as_ref()).map(|c| c.version);
         if current.is_some_and(|c| c >= version) {
             return Ok((
                 PutReply {
                     applied: false,
                     committed: current,
                 },
-                Ticket::NONE,
+                seen,
             ));
         }
-        self.write_committed(key, old.as_ref(), version, value)?;
+        self.write_committed(&mut map, key, version, value)?;
         Ok((
             PutReply {
                 applied: true,
                 committed: Some(version),
             },
-            self.inner.dur.issue(false),
+            self.inner.dur.issue(false).merge(seen),
         ))
     }
 
@@ -472,13 +581,13 @@ impl Store {
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<Ticket, StorageError> {
         check_key(key)?;
         self.check_open()?;
-        let _guard = self.lock(key);
-        let old = self.read_committed(key)?;
-        if let Some(c) = &old {
+        self.check_memory()?;
+        let mut map = self.inner.index.shard(key);
+        if let Some(c) = map.get(key).and_then(|e| e.committed.as_ref()) {
             self.inner.hlc.observe(c.version);
         }
         let version = self.inner.hlc.now();
-        self.write_committed(key, old.as_ref(), version, Some(value))?;
+        self.write_committed(&mut map, key, version, Some(value))?;
         Ok(self.inner.dur.issue(false))
     }
 
@@ -490,34 +599,59 @@ impl Store {
         let mut ticket = Ticket::NONE;
         for key in keys {
             check_key(key)?;
-            let _guard = self.lock(key);
-            let old = self.read_committed(key)?;
-            let Some(c) = old.as_ref().filter(|c| c.value.is_some()) else {
+            let mut map = self.inner.index.shard(key);
+            let e = map.get(&key[..]);
+            ticket = ticket.merge(self.observed(e));
+            let Some(old) = e
+                .and_then(|e| e.committed.as_ref())
+                .filter(|c| c.value.is_some())
+                .map(|c| c.version)
+            else {
                 continue;
             };
-            self.inner.hlc.observe(c.version);
+            self.inner.hlc.observe(old);
             let version = self.inner.hlc.now();
-            self.write_committed(key, old.as_ref(), version, None)?;
+            self.write_committed(&mut map, key, version, None)?;
             removed += 1;
             ticket = ticket.merge(self.inner.dur.issue(false));
         }
         Ok((removed, ticket))
     }
 
-    /// How many of `keys` hold a value (repeats count repeatedly, as in Redis).
-    pub fn exists(&self, keys: &[Bytes]) -> Result<u64, StorageError> {
+    /// How many of `keys` hold a value (repeats count repeatedly, as in Redis), and the
+    /// ticket to acknowledge before replying (see [`Store::get_deferred`]).
+    pub fn exists_deferred(&self, keys: &[Bytes]) -> (u64, Ticket) {
         let mut n = 0;
+        let mut ticket = Ticket::NONE;
         for key in keys {
-            if self.get(key)?.is_some() {
-                n += 1;
-            }
+            let (value, t) = self.get_deferred(key);
+            n += u64::from(value.is_some());
+            ticket = ticket.merge(t);
         }
+        (n, ticket)
+    }
+
+    /// How many of `keys` hold a value, once durable.
+    pub async fn exists(&self, keys: &[Bytes]) -> Result<u64, StorageError> {
+        let (n, ticket) = self.exists_deferred(keys);
+        self.ack(ticket).await?;
         Ok(n)
     }
 
-    /// Keys holding a value.
+    /// Keys holding a value. Acknowledge [`Store::fence`] before showing it to a client.
     pub fn dbsize(&self) -> u64 {
         u64::try_from(self.inner.live.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// A ticket covering every protocol change made so far, for answers that summarise
+    /// all keys (DBSIZE).
+    pub fn fence(&self) -> Ticket {
+        let seq = self
+            .inner
+            .last_proto
+            .load(Ordering::Acquire)
+            .max(self.inner.floor_seq.load(Ordering::Acquire));
+        self.inner.dur.read_ticket(seq)
     }
 
     /// BW.PREPARE: records a pending write if `version` is newer than the committed one
@@ -549,30 +683,46 @@ impl Store {
             ));
         }
         self.check_open()?;
+        self.check_memory()?;
         self.inner.hlc.observe(version);
-        let _guard = self.lock(key);
-        let committed = self.read_committed(key)?.map(|c| c.version);
+        let mut map = self.inner.index.shard(key);
+        let e = map.get(key);
+        let seen = self.observed(e);
+        let committed = e.and_then(|e| e.committed.as_ref()).map(|c| c.version);
         let reply = |status| PrepareReply { status, committed };
         if committed.is_some_and(|c| c >= version) {
-            return Ok((reply(PrepareStatus::Stale), Ticket::NONE));
+            return Ok((reply(PrepareStatus::Stale), seen));
         }
-        let pk = codec::pending_key(key, version);
-        if self.inner.pending.get(&pk)?.is_none() {
-            let count = self
-                .inner
-                .pending
-                .prefix(codec::pending_prefix(key))
-                .take(MAX_PENDING)
-                .count();
-            if count >= MAX_PENDING {
-                return Ok((reply(PrepareStatus::Busy), Ticket::NONE));
-            }
+        let retry = e.is_some_and(|e| e.find_pending(version).is_ok());
+        if !retry && e.is_some_and(|e| e.pending.len() >= MAX_PENDING) {
+            return Ok((reply(PrepareStatus::Busy), seen));
         }
+        let raw = Bytes::from(codec::encode_pending(coordinator, value));
         self.inner
             .pending
-            .insert(pk, codec::encode_pending(coordinator, value))?;
-        self.inner.dirty.fetch_add(1, Ordering::Relaxed);
-        Ok((reply(PrepareStatus::Ok), self.inner.dur.issue(true)))
+            .insert(codec::pending_key(key, version), raw.clone())?;
+        let p = codec::decode_pending(key, raw)?;
+        let ticket = self.inner.dur.issue(true);
+        let (e, before) = match map.get_mut(key) {
+            Some(e) => {
+                let before = e.footprint(key.len());
+                (e, before)
+            }
+            None => (map.entry(Bytes::copy_from_slice(key)).or_default(), 0),
+        };
+        let rec = PendingRec {
+            version,
+            coordinator: p.coordinator,
+            value: p.value,
+        };
+        match e.find_pending(version) {
+            Ok(i) => e.pending[i] = rec,
+            Err(i) => e.pending.insert(i, rec),
+        }
+        self.note_protocol_change(e, ticket.seq);
+        let after = e.footprint(key.len());
+        self.resize(before, after);
+        Ok((reply(PrepareStatus::Ok), ticket))
     }
 
     /// BW.COMMIT: if `version` is pending on `key`, removes it and makes it the committed
@@ -590,67 +740,98 @@ impl Store {
     ) -> Result<(bool, Ticket), StorageError> {
         check_key(key)?;
         self.check_open()?;
-        let _guard = self.lock(key);
-        let pk = codec::pending_key(key, version);
-        let Some(raw) = self.inner.pending.get(&pk)? else {
-            return Ok((false, Ticket::NONE));
+        let mut map = self.inner.index.shard(key);
+        let Some(e) = map.get_mut(key) else {
+            return Ok((false, self.observed(None)));
         };
-        let p = codec::decode_pending(key, Bytes::from(raw))?;
-        let old = self.read_committed(key)?;
+        let Ok(i) = e.find_pending(version) else {
+            return Ok((false, self.observed(Some(e))));
+        };
+        let newer = e.committed.as_ref().is_none_or(|c| c.version < version);
         let mut batch = self.inner.db.batch();
-        batch.remove(&self.inner.pending, pk);
-        if old.as_ref().is_none_or(|c| c.version < version) {
-            batch.insert(
-                &self.inner.committed,
-                key,
-                codec::encode_committed(version, p.value.as_deref()),
-            );
-            self.account(old.as_ref(), p.value.is_some());
-        }
+        batch.remove(&self.inner.pending, codec::pending_key(key, version));
+        let installed = if newer {
+            let value = e.pending[i].value.as_deref();
+            let raw = Bytes::from(codec::encode_committed(version, value));
+            batch.insert(&self.inner.committed, key, raw.clone());
+            Some(Committed {
+                version,
+                value: value.map(|_| raw.slice(codec::COMMITTED_HEADER..)),
+            })
+        } else {
+            None
+        };
         batch.commit()?;
-        Ok((true, self.inner.dur.issue(true)))
+        let ticket = self.inner.dur.issue(true);
+        let before = e.footprint(key.len());
+        e.pending.remove(i);
+        if let Some(c) = installed {
+            let was_live = e.committed.as_ref().is_some_and(|c| c.value.is_some());
+            self.account_live(was_live, c.value.is_some());
+            e.committed = Some(c);
+        }
+        self.note_protocol_change(e, ticket.seq);
+        let after = e.footprint(key.len());
+        self.resize(before, after);
+        Ok((true, ticket))
     }
 
     /// BW.ABORT: removes pending `version` from `key`. Returns whether it was there.
     /// Durable before it returns.
+    ///
+    /// An entry left with neither committed record nor pending writes stays in the index
+    /// (a few dozen bytes, counted in `memory_bytes`, gone at the next open): its
+    /// `proto_seq` is what makes a concurrent read wait for the abort's fsync.
     pub async fn abort(&self, key: &[u8], version: Version) -> Result<bool, StorageError> {
-        let ticket = {
+        let (found, ticket) = {
             check_key(key)?;
             self.check_open()?;
-            let _guard = self.lock(key);
-            let pk = codec::pending_key(key, version);
-            if self.inner.pending.get(&pk)?.is_none() {
-                return Ok(false);
+            let mut map = self.inner.index.shard(key);
+            match map.get_mut(key) {
+                None => (false, self.observed(None)),
+                Some(e) => match e.find_pending(version) {
+                    Err(_) => (false, self.observed(Some(e))),
+                    Ok(i) => {
+                        self.inner
+                            .pending
+                            .remove(codec::pending_key(key, version))?;
+                        let ticket = self.inner.dur.issue(true);
+                        let before = e.footprint(key.len());
+                        e.pending.remove(i);
+                        self.note_protocol_change(e, ticket.seq);
+                        let after = e.footprint(key.len());
+                        self.resize(before, after);
+                        (true, ticket)
+                    }
+                },
             }
-            self.inner.pending.remove(pk)?;
-            self.inner.dirty.fetch_add(1, Ordering::Relaxed);
-            self.inner.dur.issue(true)
         };
         self.ack(ticket).await?;
-        Ok(true)
+        Ok(found)
     }
 
-    /// FLUSHALL: removes every record, committed and pending. Durable before it returns.
+    /// FLUSHALL: removes every record, committed and pending. Durable before it returns,
+    /// and no read shows the empty store before then.
     pub async fn flushall(&self) -> Result<(), StorageError> {
         let ticket = {
             self.check_open()?;
-            let _all = self.lock_all();
+            let mut all = self.inner.index.lock_all();
             self.inner.committed.clear()?;
             self.inner.pending.clear()?;
+            for m in all.iter_mut() {
+                m.clear();
+            }
             self.inner.live.store(0, Ordering::Relaxed);
+            self.inner.memory.store(0, Ordering::Relaxed);
             self.inner.dirty.fetch_add(1, Ordering::Relaxed);
-            self.inner.dur.issue(true)
+            let ticket = self.inner.dur.issue(true);
+            self.inner.floor_seq.fetch_max(ticket.seq, Ordering::AcqRel);
+            self.inner
+                .last_proto
+                .fetch_max(ticket.seq, Ordering::AcqRel);
+            ticket
         };
         self.ack(ticket).await
-    }
-
-    /// Every stripe, in order (no deadlock with single-stripe holders).
-    fn lock_all(&self) -> Vec<MutexGuard<'_, ()>> {
-        self.inner
-            .locks
-            .iter()
-            .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
-            .collect()
     }
 
     /// Writes a consistent snapshot of every record to `path` (atomically: a temporary
@@ -700,24 +881,20 @@ impl Store {
     }
 
     /// Replaces every record with the snapshot's, after checking its format and checksum
-    /// (nothing is changed if they are wrong). Durable when it returns. Blocking.
+    /// (nothing is changed if they are wrong), and reloads the index from it. Durable
+    /// when it returns, and invisible to readers until then (all shards are held).
+    /// Blocking.
     pub fn restore(&self, path: &Path) -> Result<SnapshotInfo, StorageError> {
         self.check_open()?;
         let info = snapshot::verify(path)?;
-        let _all = self.lock_all();
+        let mut all = self.inner.index.lock_all();
         self.inner.committed.clear()?;
         self.inner.pending.clear()?;
-        let mut live = 0i64;
         let mut batch = self.inner.db.batch();
         snapshot::read(path, |kind, key, value| {
             match kind {
                 snapshot::Kind::Committed => {
-                    if codec::decode_committed(&key, value.clone())?
-                        .value
-                        .is_some()
-                    {
-                        live += 1;
-                    }
+                    codec::decode_committed(&key, value.clone())?;
                     batch.insert(&self.inner.committed, key, value);
                 }
                 snapshot::Kind::Pending => {
@@ -735,9 +912,18 @@ impl Store {
             Ok(())
         })?;
         batch.commit()?;
-        self.inner.live.store(live, Ordering::Relaxed);
+        let loaded = index::load(&self.inner.committed, &self.inner.pending, &mut all)?;
+        self.inner.live.store(
+            i64::try_from(loaded.live_keys).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+        self.inner.memory.store(
+            i64::try_from(loaded.bytes).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
         self.inner.dirty.store(0, Ordering::Relaxed);
         self.inner.dur.sync_now()?;
+        drop(all);
         Ok(info)
     }
 
@@ -751,6 +937,8 @@ impl Store {
             bgsave_in_progress: self.inner.bgsave_running.load(Ordering::Acquire),
             last_bgsave_ok: self.inner.last_bgsave_ok.load(Ordering::Relaxed),
             appendfsync: self.inner.dur.policy(),
+            memory_bytes: self.memory_bytes(),
+            max_memory_bytes: self.inner.max_memory,
         }
     }
 

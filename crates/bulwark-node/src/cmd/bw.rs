@@ -11,7 +11,9 @@
 //! Versions are 24 lowercase hex digits; `tomb` is `0` or `1` (with `1`, the value
 //! argument may be omitted and is ignored). Error messages match the Redis function
 //! library (`bulwark.lua`), so both dialects fail alike. PREPARE, COMMIT and ABORT reply
-//! only once durable; PUT follows `appendfsync` through the batch's ticket.
+//! only once durable; PUT follows `appendfsync` through the batch's ticket. BW.GET (like
+//! GET) replies only once the protocol changes it shows are durable, through the same
+//! ticket.
 
 use bulwark_core::Version;
 use bulwark_resp::encode;
@@ -60,7 +62,7 @@ pub(super) fn get(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdRes
     let [_, key] = args else {
         return wrong_arity(args, out);
     };
-    let state = shared.store.get_state(key)?;
+    let (state, ticket) = shared.store.get_state_deferred(key);
     encode::array_len(out, 4);
     match &state.committed {
         None => {
@@ -88,7 +90,8 @@ pub(super) fn get(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdRes
         put_version(out, Some(p.version));
         encode::bulk(out, p.coordinator.as_bytes());
     }
-    Ok(Flow::default())
+    // Replied only once every protocol change this state shows is fsynced.
+    Ok(Flow::written(ticket))
 }
 
 pub(super) fn put(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {

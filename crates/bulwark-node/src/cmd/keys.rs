@@ -12,11 +12,14 @@ pub(super) fn get(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdRes
     let [_, key] = args else {
         return wrong_arity(args, out);
     };
-    match shared.store.get(key)? {
+    // The ticket is non-empty only if the value comes from a commit not yet fsynced; the
+    // connection then holds the batch's replies until it is (durable reads).
+    let (value, ticket) = shared.store.get_deferred(key);
+    match value {
         Some(v) => encode::bulk(out, &v),
         None => encode::null(out),
     }
-    Ok(Flow::default())
+    Ok(Flow::written(ticket))
 }
 
 pub(super) fn set(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
@@ -47,20 +50,21 @@ pub(super) fn exists(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> Cmd
     if args.len() < 2 {
         return wrong_arity(args, out);
     }
-    let n = shared.store.exists(&args[1..])?;
+    let (n, ticket) = shared.store.exists_deferred(&args[1..]);
     encode::integer(out, i64::try_from(n).unwrap_or(i64::MAX));
-    Ok(Flow::default())
+    Ok(Flow::written(ticket))
 }
 
 pub(super) fn dbsize(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
     if args.len() != 1 {
         return wrong_arity(args, out);
     }
+    let ticket = shared.store.fence();
     encode::integer(
         out,
         i64::try_from(shared.store.dbsize()).unwrap_or(i64::MAX),
     );
-    Ok(Flow::default())
+    Ok(Flow::written(ticket))
 }
 
 /// FLUSHALL [ASYNC|SYNC]: removes everything (for tests). Durable before it replies.

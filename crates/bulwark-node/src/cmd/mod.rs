@@ -191,6 +191,14 @@ pub async fn execute(
     };
     match result {
         Ok(flow) => flow,
+        Err(StorageError::OutOfMemory { .. }) => {
+            // Redis's wording, so clients that handle OOM recognise it.
+            encode::error(
+                out,
+                "OOM command not allowed when used memory > 'maxmemory'.",
+            );
+            Flow::default()
+        }
         Err(e) => {
             tracing::error!(service = shared.name.as_str(), error = %e, "storage error");
             encode::error(out, &format!("ERR storage: {e}"));

@@ -63,7 +63,7 @@ pub(super) fn config(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> Cmd
         return wrong_arity(args, out);
     }
     let stats = shared.store.stats();
-    let params: [(&str, String); 7] = [
+    let params: [(&str, String); 8] = [
         ("save", String::new()),
         ("appendonly", "yes".to_owned()),
         ("appendfsync", stats.appendfsync.to_string()),
@@ -71,6 +71,7 @@ pub(super) fn config(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> Cmd
         ("port", shared.port.to_string()),
         ("dir", shared.store.dir().display().to_string()),
         ("databases", "1".to_owned()),
+        ("maxmemory", stats.max_memory_bytes.unwrap_or(0).to_string()),
     ];
     let matched: Vec<&(&str, String)> = params
         .iter()
@@ -167,6 +168,16 @@ pub(super) fn info(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdRe
             "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
             shared.connected(),
             shared.max_clients,
+        );
+    }
+    if wanted("memory") {
+        // The in-memory index's estimated footprint (keys, values, pending writes and
+        // bookkeeping), not the process's RSS: fjall's memtables and cache come on top.
+        let _ = write!(
+            s,
+            "# Memory\r\nused_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:noeviction\r\n\r\n",
+            stats.memory_bytes,
+            stats.max_memory_bytes.unwrap_or(0),
         );
     }
     if wanted("persistence") {
