@@ -46,6 +46,7 @@ both_backends!(
     commit_reply_lost_at_the_coordinator_is_unknown_then_visible_everywhere,
     commit_that_never_reaches_the_coordinator_is_unknown_then_aborted,
     prepare_timeout_aborts_and_the_write_is_never_visible,
+    commit_arriving_after_the_in_doubt_timeout_finds_the_write_aborted,
     sixteen_orphaned_writes_from_lost_commits_do_not_block_the_key,
     sixteen_orphaned_prepares_do_not_block_the_key,
     two_cp_gateways_racing_on_one_key_agree,
@@ -376,6 +377,80 @@ async fn prepare_timeout_aborts_and_the_write_is_never_visible(backend: Backend)
         let s = rig.state(i, "SLOW_PREPARE").await;
         assert_eq!(s.committed_version(), v0, "db_g{}: {s:?}", i + 1);
     }
+}
+
+/// How long the proxy holds the late commit of scenario (f): far beyond the in-doubt
+/// timeout (1 s), so that reads resolve the write before the commit arrives.
+const LATE_COMMIT: Duration = Duration::from_secs(8);
+
+/// (f) The commit reaches the coordinator only long after the in-doubt timeout (a slow
+/// link): the writer answers 504 `unknown`; meanwhile reads resolve the undecided write
+/// by aborting it *at its coordinator*, so the late commit finds nothing to commit
+/// (`BW.COMMIT` answers 0) and the write is never visible.
+async fn commit_arriving_after_the_in_doubt_timeout_finds_the_write_aborted(backend: Backend) {
+    let rig = Rig::start(backend).await;
+    let gw = rig.gateway("cp", &[]).await;
+    let c = client();
+    let (status, body) = post(&c, format!("{}/write/LATE_COMMIT/V0", gw.url)).await;
+    assert_eq!(status, 200, "{body}");
+    let v0 = version_of(&body, &body["version"]);
+
+    rig.on(0, "commit", Action::Delay(LATE_COMMIT));
+    let (status, body) = post(&c, format!("{}/write/LATE_COMMIT/V1", gw.url)).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["outcome"], "unknown", "{body}");
+    let v1 = version_of(&body, &body["error"]["version"]);
+    // Later commands pass at once; the delayed commit stays held on its old connection.
+    rig.forward_everything();
+
+    let resolved = wait_for(DEADLINE, || {
+        let c = c.clone();
+        let (rig, gw) = (&rig, &gw);
+        async move {
+            let body = read_never(&c, gw, "LATE_COMMIT", "V1").await;
+            assert_eq!(body["value"], "V0", "{body}");
+            rig.state(0, "LATE_COMMIT").await.pending.is_empty()
+        }
+    })
+    .await;
+    assert!(
+        resolved,
+        "the undecided write was never resolved at its coordinator"
+    );
+    assert_eq!(
+        rig.proxies[0].counts(&rig.op("commit")),
+        1,
+        "precondition: resolution must act before the late commit arrives ({LATE_COMMIT:?})"
+    );
+
+    // The late commit arrives, and changes nothing.
+    let arrived = wait_for(DEADLINE, || {
+        let n = rig.proxies[0].counts(&rig.op("commit"));
+        async move { n == 2 }
+    })
+    .await;
+    assert!(arrived, "the delayed commit was never forwarded");
+    let resolved_everywhere = wait_for(DEADLINE, || {
+        let c = c.clone();
+        let (rig, gw) = (&rig, &gw);
+        async move {
+            let body = read_never(&c, gw, "LATE_COMMIT", "V1").await;
+            assert_eq!(body["value"], "V0", "{body}");
+            rig.no_pending("LATE_COMMIT").await
+        }
+    })
+    .await;
+    assert!(resolved_everywhere, "db_g2 kept the undecided write");
+    for i in 0..2 {
+        let s = rig.state(i, "LATE_COMMIT").await;
+        assert_eq!(s.committed_version(), v0, "db_g{}: {s:?}", i + 1);
+    }
+    assert!(
+        !rig.direct[1]
+            .commit(b"LATE_COMMIT", v1)
+            .await
+            .expect("commit")
+    );
 }
 
 /// CP writes to `key` through `gw` until one answers 200; returns every status seen.

@@ -156,7 +156,8 @@ impl RespProxy {
     }
 
     /// Commands matching `command` (same syntax as [`Rule::command`]) forwarded to the
-    /// upstream so far (refused ones are not counted; dropped-reply ones are).
+    /// upstream so far: refused ones are not counted, dropped-reply ones are, delayed
+    /// ones once their delay is over and they are written.
     pub fn counts(&self, command: &str) -> u64 {
         self.shared.count(command, |(_, forwarded)| forwarded)
     }
@@ -195,16 +196,16 @@ impl Shared {
             .map_or(Action::Forward, |r| r.action.clone())
     }
 
-    fn record(&self, id: &Identity, forwarded: bool) {
+    fn record(&self, id: &Identity, counter: Counter) {
         let mut counts = self.counters();
         let key = id.key();
         if !counts.contains_key(&key) && counts.len() >= MAX_COUNTED {
             return;
         }
         let entry = counts.entry(key).or_default();
-        entry.0 += 1;
-        if forwarded {
-            entry.1 += 1;
+        match counter {
+            Counter::Received => entry.0 += 1,
+            Counter::Forwarded => entry.1 += 1,
         }
     }
 
@@ -233,6 +234,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+}
+
+/// Which count a command adds to.
+#[derive(Clone, Copy, Debug)]
+enum Counter {
+    /// Read from a client.
+    Received,
+    /// Written to the upstream.
+    Forwarded,
 }
 
 /// What the reply side does with the next upstream reply (sent by the command side, in
@@ -302,8 +312,7 @@ async fn pump_commands(
             Err(_) => return, // not RESP: close
         };
         let action = shared.action_for(&id);
-        let forwarded = action != Action::Refuse;
-        shared.record(&id, forwarded);
+        shared.record(&id, Counter::Received);
         let disposition = match action {
             Action::Forward => Disposition::Return,
             Action::Delay(d) => {
@@ -320,6 +329,7 @@ async fn pump_commands(
         if tx.send(disposition).await.is_err() || upstream.write_all(&buf[..len]).await.is_err() {
             return;
         }
+        shared.record(&id, Counter::Forwarded);
         buf.drain(..len);
         match action {
             Action::DropReply => {
