@@ -6,8 +6,20 @@
 //! it began an fsync. Writers that need durability register their ticket and wait on a
 //! watch channel; one fsync then releases every writer that arrived before it (group
 //! commit). Under `everysec` the same thread also syncs once a second.
+//!
+//! The fsync itself runs *outside* fjall's journal lock: `Database::persist(SyncData)`
+//! holds that lock for the whole fsync, which stopped every writer (and, since writers run
+//! on the runtime's threads, the whole node) for each fsync, so a group commit covered only
+//! the few batches that arrived while it was starting. Instead the committer moves the
+//! journal buffer to the OS under the lock (`PersistMode::Buffer`, a `write`), then
+//! `fdatasync`s the active journal file through its own descriptor while writers carry
+//! on. This is safe across journal rotation: fjall fsyncs a journal (`SyncAll`) before it
+//! rotates to the next, so if the file we sync is already the next one, our data was in
+//! the previous one and is durable already.
 
 use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -144,6 +156,10 @@ pub(crate) struct Durability {
     failed: OnceLock<String>,
     /// Called with the duration of every fsync (the node records a histogram).
     observer: Option<FsyncObserver>,
+    /// The database directory, where the journal files (`<id>.jnl`) live.
+    journal_dir: PathBuf,
+    /// The active journal file as last seen, by id, opened for `fdatasync`.
+    journal: Mutex<Option<(u64, File)>>,
     /// Number of fsyncs done.
     fsyncs: AtomicU64,
 }
@@ -161,6 +177,7 @@ impl fmt::Debug for Durability {
 impl Durability {
     pub(crate) fn new(
         db: Database,
+        journal_dir: PathBuf,
         policy: Appendfsync,
         observer: Option<FsyncObserver>,
         gate: Option<SyncGate>,
@@ -178,6 +195,8 @@ impl Durability {
             gate,
             failed: OnceLock::new(),
             observer,
+            journal_dir,
+            journal: Mutex::new(None),
             fsyncs: AtomicU64::new(0),
         }
     }
@@ -296,12 +315,11 @@ impl Durability {
                 self.os_flushed.send_modify(|d| *d = (*d).max(target));
                 Ok(())
             }
-            Err(e) => Err(self.fail(e)),
+            Err(e) => Err(self.fail(e.to_string())),
         }
     }
 
-    fn fail(&self, e: fjall::Error) -> StorageError {
-        let msg = e.to_string();
+    fn fail(&self, msg: String) -> StorageError {
         tracing::error!(error = %msg, "storage journal write failed; writes are no longer acknowledged");
         let _ = self.failed.set(msg.clone());
         self.durable.send_replace(u64::MAX);
@@ -316,7 +334,12 @@ impl Durability {
             gate();
         }
         let start = Instant::now();
-        match self.db.persist(PersistMode::SyncData) {
+        let synced = self
+            .db
+            .persist(PersistMode::Buffer)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.fdatasync_journal());
+        match synced {
             Ok(()) => {
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.synced.fetch_max(target, Ordering::AcqRel);
@@ -328,6 +351,31 @@ impl Durability {
                 Ok(())
             }
             Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// `fdatasync`s the newest journal file (see the module docs for why that is enough).
+    fn fdatasync_journal(&self) -> Result<(), String> {
+        let id = newest_journal_id(&self.journal_dir)
+            .map_err(|e| format!("list journals in {}: {e}", self.journal_dir.display()))?
+            .ok_or_else(|| format!("no journal file in {}", self.journal_dir.display()))?;
+        let mut cached = self
+            .journal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cached
+            .as_ref()
+            .is_none_or(|(cached_id, _)| *cached_id != id)
+        {
+            let path = self.journal_dir.join(format!("{id}.jnl"));
+            let file = File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+            *cached = Some((id, file));
+        }
+        match cached.as_ref() {
+            Some((_, file)) => file
+                .sync_data()
+                .map_err(|e| format!("fdatasync journal {id}.jnl: {e}")),
+            None => Err("journal file vanished".to_owned()),
         }
     }
 
@@ -392,6 +440,20 @@ impl Durability {
             }
         }
     }
+}
+
+/// The highest `<id>.jnl` in `dir`: fjall's active journal.
+fn newest_journal_id(dir: &Path) -> std::io::Result<Option<u64>> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".jnl"))
+            .and_then(|n| n.parse::<u64>().ok());
+        newest = newest.max(id);
+    }
+    Ok(newest)
 }
 
 #[cfg(test)]

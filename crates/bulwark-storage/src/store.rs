@@ -336,6 +336,7 @@ impl Store {
 
         let dur = Arc::new(Durability::new(
             db.clone(),
+            db_path.clone(),
             config.appendfsync,
             config.fsync_observer.clone(),
             config.sync_gate.clone(),
