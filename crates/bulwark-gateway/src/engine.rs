@@ -115,11 +115,11 @@ pub struct Engine {
     /// Settings.
     pub config: GatewayConfig,
     /// The replicas with their breakers.
-    pub set: ReplicaSet,
+    pub set: Arc<ReplicaSet>,
     /// This gateway's clock; versions every write.
     pub hlc: Hlc,
     /// Writes replicas missed.
-    pub hints: Hints,
+    pub hints: Arc<Hints>,
     /// Bounds background repair work.
     repairs: Arc<Semaphore>,
 }
@@ -139,8 +139,8 @@ impl Engine {
         let names = set.replicas.iter().map(|r| r.name().to_string()).collect();
         Engine {
             hlc: Hlc::new(config.writer_id, Default::default()),
-            hints: Hints::new(names, config.max_hints),
-            set,
+            hints: Arc::new(Hints::new(names, config.max_hints)),
+            set: Arc::new(set),
             config,
             repairs: Arc::new(Semaphore::new(MAX_BACKGROUND_REPAIRS)),
         }
@@ -358,10 +358,14 @@ impl Engine {
             if !retryable || call_errors > 0 {
                 return outcome;
             }
-            let _ = self
+            if let Some(work) = self
                 .read_answers(key)
                 .await
-                .map(|answers| self.repair(key, answers));
+                .and_then(|a| self.repair_work(key, a))
+            {
+                work.run(&self.clients(), self.config.in_doubt_timeout)
+                    .await;
+            }
             last = Some(outcome);
         }
         last.unwrap_or(WriteOutcome::Unavailable {
@@ -401,6 +405,20 @@ impl Engine {
                     ),
                 };
             }
+            Err(e) if e.certainly_not_applied() => {
+                // The commit never left this gateway, and only this gateway ever commits
+                // the write at its coordinator: deciding abort is still ours to do.
+                self.abort_everywhere(key, version, &acked).await;
+                return WriteOutcome::Aborted {
+                    version,
+                    acked: acked.len(),
+                    required,
+                    reason: format!(
+                        "commit could not be sent to coordinator {}: {e}",
+                        coordinator.name()
+                    ),
+                };
+            }
             Err(e) => {
                 return WriteOutcome::Unknown {
                     version,
@@ -411,31 +429,38 @@ impl Engine {
                 };
             }
         }
-        // Committed. The others' commits only spread the decision; failures leave pending
-        // records that resolution completes, and a hint delivers the value meanwhile.
+        // Committed: the coordinator's durable commit is the decision. The others already
+        // hold the write durably (prepared); their commits only spread the decision, so
+        // the client does not wait for them. A commit that fails leaves a pending record
+        // that resolution completes, and a hint delivers the value meanwhile.
         let others: Vec<usize> = acked
             .iter()
             .copied()
             .filter(|i| *i != coordinator.index)
             .collect();
-        let calls = others.iter().map(|i| {
-            let r = &self.set.replicas[*i];
-            self.set.call(r, "commit", r.client.commit(key, version))
-        });
-        let results = join_all(calls).await;
-        let mut behind: Vec<usize> = (0..self.set.len()).filter(|i| !acked.contains(i)).collect();
-        for (i, res) in others.iter().zip(results) {
-            if !matches!(res, Ok(true)) {
-                behind.push(*i);
-            }
-        }
+        let behind: Vec<usize> = (0..self.set.len()).filter(|i| !acked.contains(i)).collect();
         for i in &behind {
             self.hints.add(*i, key, version, value.clone());
         }
-        let acked_names = acked.iter().copied().filter(|i| !behind.contains(i));
+        if !others.is_empty() {
+            let (set, hints) = (self.set.clone(), self.hints.clone());
+            let key = Bytes::copy_from_slice(key);
+            tokio::spawn(async move {
+                let calls = others.iter().map(|i| {
+                    let r = &set.replicas[*i];
+                    set.call(r, "commit", r.client.commit(&key, version))
+                });
+                let results = join_all(calls).await;
+                for (i, res) in others.iter().zip(results) {
+                    if !matches!(res, Ok(true)) {
+                        hints.add(*i, &key, version, value.clone());
+                    }
+                }
+            });
+        }
         WriteOutcome::Committed {
             version,
-            acked: self.names(acked_names),
+            acked: self.names(acked),
             behind: self.names(behind),
             coordinator: Some(coordinator.name().to_string()),
         }
@@ -500,10 +525,18 @@ impl Engine {
         }
         let needed = mode.read_quorum(self.set.len());
         if answers.len() < needed {
+            let failed: Vec<String> = self
+                .set
+                .replicas
+                .iter()
+                .zip(&errors)
+                .filter_map(|(r, e)| e.as_ref().map(|e| format!("{}: {e}", r.name())))
+                .collect();
             return Err(ReadError::Unavailable(format!(
-                "{} of {} replicas answered; {mode} reads need {needed}",
+                "{} of {} replicas answered; {mode} reads need {needed} ({})",
                 answers.len(),
-                self.set.len()
+                self.set.len(),
+                failed.join("; ")
             )));
         }
 
@@ -623,6 +656,23 @@ impl Engine {
     /// Schedules read repair and resolution of undecided writes for `key` in the
     /// background, if there is anything to do and capacity to do it.
     fn repair(&self, key: &[u8], answers: Answers) {
+        let Some(work) = self.repair_work(key, answers) else {
+            return;
+        };
+        let Ok(permit) = self.repairs.clone().try_acquire_owned() else {
+            return;
+        };
+        let clients = self.clients();
+        let in_doubt = self.config.in_doubt_timeout;
+        tokio::spawn(async move {
+            work.run(&clients, in_doubt).await;
+            drop(permit);
+        });
+    }
+
+    /// The repair a read's answers call for, if any: lagging replicas to bring up to the
+    /// newest committed record, undecided writes to resolve.
+    fn repair_work(&self, key: &[u8], answers: Answers) -> Option<RepairWork> {
         let newest = answers
             .iter()
             .filter_map(|(_, s)| s.committed.clone())
@@ -641,26 +691,20 @@ impl Engine {
             .flat_map(|(i, s)| s.pending.iter().map(|p| (*i, p.clone())))
             .collect();
         if lagging.is_empty() && undecided.is_empty() {
-            return;
+            return None;
         }
-        let Ok(permit) = self.repairs.clone().try_acquire_owned() else {
-            return;
-        };
-        let work = RepairWork {
+        Some(RepairWork {
             key: Bytes::copy_from_slice(key),
             newest,
             lagging,
             undecided,
             answers,
             now_ms: self.hlc.now_ms(),
-        };
-        let clients: Vec<ReplicaClient> =
-            self.set.replicas.iter().map(|r| r.client.clone()).collect();
-        let in_doubt = self.config.in_doubt_timeout;
-        tokio::spawn(async move {
-            work.run(&clients, in_doubt).await;
-            drop(permit);
-        });
+        })
+    }
+
+    fn clients(&self) -> Vec<ReplicaClient> {
+        self.set.replicas.iter().map(|r| r.client.clone()).collect()
     }
 
     /// Delivers queued hints to every replica whose breaker allows a call. Returns how
@@ -744,8 +788,11 @@ impl RepairWork {
                     .await;
             }
         }
-        // Resolution of undecided writes old enough to be in doubt.
+        // Resolution of undecided writes old enough to be in doubt. A decision taken at a
+        // coordinator in this run applies to every other replica holding the same write
+        // (the answers snapshot still shows it pending there).
         let in_doubt_ms = in_doubt.as_millis() as u64;
+        let mut decided: Vec<(Version, bool)> = Vec::new();
         for (i, p) in &self.undecided {
             if p.version.age_ms(self.now_ms) < in_doubt_ms {
                 continue;
@@ -758,7 +805,13 @@ impl RepairWork {
             };
             let coord_committed = coord.committed_version();
             let coord_pending = coord.pending.iter().any(|q| q.version == p.version);
-            let committed = if coord_committed == p.version {
+            let earlier = decided
+                .iter()
+                .find(|(v, _)| *v == p.version)
+                .map(|(_, c)| *c);
+            let committed = if let Some(committed) = earlier {
+                committed
+            } else if coord_committed == p.version {
                 true
             } else if coord_pending {
                 // Still undecided at the coordinator: decide abort there first. If the
@@ -773,6 +826,9 @@ impl RepairWork {
                 // without it): either way the replica's pending record is obsolete.
                 false
             };
+            if earlier.is_none() {
+                decided.push((p.version, committed));
+            }
             if *i != c {
                 let _ = if committed {
                     clients[*i].commit(&self.key, p.version).await

@@ -65,7 +65,7 @@ impl CallError {
     pub fn certainly_not_applied(&self) -> bool {
         matches!(
             self,
-            CallError::BreakerOpen | CallError::Replica(ReplicaError::Connect(_))
+            CallError::BreakerOpen | CallError::Replica(ReplicaError::Unreachable(_))
         )
     }
 }

@@ -279,7 +279,15 @@ async fn cp_write_commits_on_every_replica(backend: Backend) {
 
 async fn quorum_tolerates_a_minority(backend: Backend) {
     let mut cluster = TestCluster::start(backend, 3).await;
-    let q = cluster.gateway("quorum", &[]).await;
+    let q = cluster
+        .gateway(
+            "quorum",
+            &[
+                ("CB_OPEN_TIMEOUT_SEC", "0.2"),
+                ("HEALTH_INTERVAL_SEC", "0.1"),
+            ],
+        )
+        .await;
     let c = client();
     cluster.replicas[2].stop().await;
     let (status, body) = post(&c, format!("{}/write/Q/V1", q.url)).await;
@@ -294,6 +302,7 @@ async fn quorum_tolerates_a_minority(backend: Backend) {
     let (status, _) = get(&c, format!("{}/read/Q", q.url)).await;
     assert_eq!(status, 503, "a quorum read needs 2 answers");
     cluster.replicas[1].start_again().await;
+    assert!(wait_breaker(&q, "db_g2", "CLOSED").await);
     let (status, body) = get(&c, format!("{}/read/Q", q.url)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["value"], "V1", "the aborted V2 is never visible");

@@ -302,8 +302,16 @@ impl ReplicaClient {
         }
     }
 
-    /// Connects; on Redis, (re)loads the function library on the new connection.
+    /// Connects; on Redis, (re)loads the function library on the new connection. Any
+    /// failure but a timeout is [`ReplicaError::Unreachable`]: no request was sent yet.
     async fn open(&self) -> Result<MultiplexedConnection, ReplicaError> {
+        self.open_inner().await.map_err(|e| match e {
+            ReplicaError::Timeout | ReplicaError::Unreachable(_) => e,
+            other => ReplicaError::Unreachable(other.to_string()),
+        })
+    }
+
+    async fn open_inner(&self) -> Result<MultiplexedConnection, ReplicaError> {
         let client = self
             .inner
             .client

@@ -7,7 +7,13 @@ pub enum ReplicaError {
     /// write, its outcome at the replica is unknown.
     #[error("replica call timed out")]
     Timeout,
-    /// No connection: refused, reset, closed, or an invalid address.
+    /// No connection could be opened (refused, invalid address, or the Redis function
+    /// library could not be loaded on it): the request was **not sent**, so it cannot
+    /// have been applied.
+    #[error("replica unreachable: {0}")]
+    Unreachable(String),
+    /// The connection failed during the call (reset, closed): for a write, its outcome at
+    /// the replica is unknown.
     #[error("replica connection failed: {0}")]
     Connect(String),
     /// The reply was not in the shape the protocol defines (or not RESP at all).

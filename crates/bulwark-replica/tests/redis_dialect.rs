@@ -110,7 +110,10 @@ async fn reconnects_after_restart_and_keeps_acknowledged_writes() {
     server.kill(); // crash: the AOF (fsync always) must have the prepare
     let err = client.get(b"k").await.expect_err("server is down");
     assert!(
-        matches!(err, ReplicaError::Connect(_) | ReplicaError::Timeout),
+        matches!(
+            err,
+            ReplicaError::Connect(_) | ReplicaError::Unreachable(_) | ReplicaError::Timeout
+        ),
         "{err:?}"
     );
     server.restart().await;
