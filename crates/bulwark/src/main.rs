@@ -32,7 +32,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bulwark: cannot start the async runtime: {e}");
@@ -41,12 +44,20 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Up(args) => bulwark_cluster::run_up(args, shutdown_signal()).await.map(|()| ExitCode::SUCCESS),
+            Command::Up(args) => bulwark_cluster::run_up(args, shutdown_signal())
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Node(args) => {
-                bulwark_obs::logging::init(&std::env::var("LOG_LEVEL").unwrap_or_else(|_| "INFO".into()));
-                bulwark_node::run(args, shutdown_signal()).await.map(|()| ExitCode::SUCCESS)
+                bulwark_obs::logging::init(
+                    &std::env::var("LOG_LEVEL").unwrap_or_else(|_| "INFO".into()),
+                );
+                bulwark_node::run(args, shutdown_signal())
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
             }
-            Command::Gateway(args) => bulwark_gateway::run(args, shutdown_signal()).await.map(|()| ExitCode::SUCCESS),
+            Command::Gateway(args) => bulwark_gateway::run(args, shutdown_signal())
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Ctl(args) => bulwark_cluster::run_ctl(args).await,
             Command::Bench(args) => bulwark_bench::run(args).await.map(|()| ExitCode::SUCCESS),
         }
@@ -68,7 +79,10 @@ fn main() -> ExitCode {
 /// Resolves with the name of the first SIGTERM or SIGINT received.
 async fn shutdown_signal() -> String {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process can still be stopped by SIGKILL.
         return std::future::pending().await;
     };

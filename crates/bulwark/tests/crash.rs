@@ -58,10 +58,17 @@ async fn cp_writes_survive_sigkill_of_a_replica_and_the_gateway() {
     let told = writer.await.expect("writer task");
 
     let count = |t: Told| told.values().filter(|v| **v == t).count();
-    let (committed, aborted, unknown) = (count(Told::Committed), count(Told::Aborted), count(Told::Unknown));
+    let (committed, aborted, unknown) = (
+        count(Told::Committed),
+        count(Told::Aborted),
+        count(Told::Unknown),
+    );
     eprintln!("writes: {committed} committed, {aborted} aborted (503), {unknown} unknown");
     assert!(committed > 0, "some writes must have succeeded");
-    assert!(aborted + unknown > 0, "the faults must have hit some writes");
+    assert!(
+        aborted + unknown > 0,
+        "the faults must have hit some writes"
+    );
 
     let c = client();
     for (i, t) in &told {
@@ -72,9 +79,15 @@ async fn cp_writes_survive_sigkill_of_a_replica_and_the_gateway() {
                 assert_eq!(body["value"], format!("value-{i}"));
             }
             Told::Aborted => {
-                assert_eq!(status, 404, "write crash-{i} answered 503 but is visible: {body}");
+                assert_eq!(
+                    status, 404,
+                    "write crash-{i} answered 503 but is visible: {body}"
+                );
                 let (ap_status, ap_body) = get(&c, format!("{AP}/read/crash-{i}")).await;
-                assert_eq!(ap_status, 404, "aborted write visible through AP: {ap_body}");
+                assert_eq!(
+                    ap_status, 404,
+                    "aborted write visible through AP: {ap_body}"
+                );
             }
             Told::Unknown => {} // either outcome is allowed
         }

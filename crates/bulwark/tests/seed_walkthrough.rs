@@ -29,7 +29,11 @@ async fn walkthrough(backend: &str) {
     for name in ["db_g1", "db_g2", "app_ap", "app_cp"] {
         assert!(status.contains(name), "{status}");
     }
-    assert_eq!(up.services().await.len(), 4, "no quorum gateway with 2 replicas");
+    assert_eq!(
+        up.services().await.len(),
+        4,
+        "no quorum gateway with 2 replicas"
+    );
 
     // Step 2: structured logging.
     let (status, body) = post(&c, format!("{AP}/write/PROD_ITEM/V1_AP_TEST")).await;
@@ -41,14 +45,30 @@ async fn walkthrough(backend: &str) {
         .expect("a REQUEST_COMPLETED line for the write");
     assert_eq!(line["event"], "REQUEST_COMPLETED");
     assert_eq!(line["status"], 200);
-    assert!(line["latency_ms"].as_str().is_some_and(|l| l.parse::<f64>().is_ok()), "{line}");
-    assert!(line["timestamp"].is_string() && line["request_id"].is_string(), "{line}");
+    assert!(
+        line["latency_ms"]
+            .as_str()
+            .is_some_and(|l| l.parse::<f64>().is_ok()),
+        "{line}"
+    );
+    assert!(
+        line["timestamp"].is_string() && line["request_id"].is_string(),
+        "{line}"
+    );
 
     // Step 3: graceful shutdown on SIGTERM, and the restart policy.
     ctl_ok(&["kill", "app_cp", "--signal", "TERM"]);
-    assert!(up.wait_state("app_cp", "exited").await, "SIGTERM is a clean stop: not restarted");
+    assert!(
+        up.wait_state("app_cp", "exited").await,
+        "SIGTERM is a clean stop: not restarted"
+    );
     let shutdown = log_events("app_cp", "SHUTDOWN_EVENT");
-    assert!(shutdown.iter().any(|e| e["signal"] == "SIGTERM" && e["phase"] == "completed"), "{shutdown:?}");
+    assert!(
+        shutdown
+            .iter()
+            .any(|e| e["signal"] == "SIGTERM" && e["phase"] == "completed"),
+        "{shutdown:?}"
+    );
     assert_eq!(up.service("app_cp").await["exit_code"], 0);
     ctl_ok(&["start", "app_cp"]);
     assert!(up.wait_state("app_cp", "running").await);
@@ -57,7 +77,9 @@ async fn walkthrough(backend: &str) {
     assert!(
         wait_for(Duration::from_secs(30), || async {
             let s = up.service("app_cp").await;
-            s["restarts"].as_u64().unwrap_or(0) > restarts && s["state"] == "running" && s["healthy"] == true
+            s["restarts"].as_u64().unwrap_or(0) > restarts
+                && s["state"] == "running"
+                && s["healthy"] == true
         })
         .await,
         "SIGKILL is a crash: restarted"
@@ -75,7 +97,9 @@ async fn walkthrough(backend: &str) {
     assert!(wait_breaker(AP, "db_g2", "OPEN").await);
     let opened = log_events("app_ap", "CIRCUIT_BREAKER");
     assert!(
-        opened.iter().any(|e| e["node"] == "db_g2" && e["state"] == "OPEN" && e["failures"] == 3),
+        opened
+            .iter()
+            .any(|e| e["node"] == "db_g2" && e["state"] == "OPEN" && e["failures"] == 3),
         "{opened:?}"
     );
     let (status, _) = post(&c, format!("{AP}/write/TEST4/V4")).await;
@@ -84,7 +108,10 @@ async fn walkthrough(backend: &str) {
     // Step 5: bounded staleness.
     ctl_ok(&["start", "db_g2"]);
     assert!(up.wait_state("db_g2", "running").await);
-    assert!(wait_breaker(AP, "db_g2", "CLOSED").await, "the health probe closes the breaker");
+    assert!(
+        wait_breaker(AP, "db_g2", "CLOSED").await,
+        "the health probe closes the breaker"
+    );
     let (status, _) = post(&c, format!("{AP}/write/FRESH_DATA/V_NEW")).await;
     assert_eq!(status, 200);
     let (_, body) = get(&c, format!("{AP}/read/FRESH_DATA")).await;
@@ -113,18 +140,30 @@ async fn walkthrough(backend: &str) {
     assert_eq!(body["RYW_Consistent"], true, "{body}");
     assert_eq!(body["value"], "MY_VALUE");
     let (_, body) = get(&c, format!("{AP}/read/SESSION_DATA")).await;
-    assert_eq!(body["RYW_Consistent"], true, "no session: trivially consistent");
+    assert_eq!(
+        body["RYW_Consistent"], true,
+        "no session: trivially consistent"
+    );
 
     // Step 7: partition — CP sacrifices availability, AP sacrifices consistency.
     let (status, body) = post(&c, format!("{CP}/write/CRITICAL_LOCK/V_FAIL")).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "CP_ABORTED");
     let aborted = log_events("app_cp", "CP_ABORTED");
-    assert!(aborted.iter().any(|e| e["level"] == "ERROR" && e["key"] == "CRITICAL_LOCK"), "{aborted:?}");
+    assert!(
+        aborted
+            .iter()
+            .any(|e| e["level"] == "ERROR" && e["key"] == "CRITICAL_LOCK"),
+        "{aborted:?}"
+    );
     let (status, _) = post(&c, format!("{AP}/write/CONFIG/AP_V1_NEW")).await;
     assert_eq!(status, 200);
     let risk = log_events("app_ap", "AP_STALE_RISK");
-    assert!(risk.iter().any(|e| e["level"] == "WARN" && e["key"] == "CONFIG"), "{risk:?}");
+    assert!(
+        risk.iter()
+            .any(|e| e["level"] == "WARN" && e["key"] == "CONFIG"),
+        "{risk:?}"
+    );
     // The aborted write is never visible, even after the partition heals.
     ctl_ok(&["start", "db_g2"]);
     assert!(up.wait_state("db_g2", "running").await);
@@ -143,8 +182,16 @@ async fn walkthrough(backend: &str) {
 fn bad_config_is_refused_before_anything_starts() {
     for (args, env, setting) in [
         (vec!["gateway", "--mode", "eventual"], vec![], "MODE"),
-        (vec!["gateway"], vec![("NETWORK_TIMEOUT_SEC", "fast")], "NETWORK_TIMEOUT_SEC"),
-        (vec!["gateway"], vec![("ENVIRONMENT", "production")], "SECRET_KEY"),
+        (
+            vec!["gateway"],
+            vec![("NETWORK_TIMEOUT_SEC", "fast")],
+            "NETWORK_TIMEOUT_SEC",
+        ),
+        (
+            vec!["gateway"],
+            vec![("ENVIRONMENT", "production")],
+            "SECRET_KEY",
+        ),
         (vec!["gateway"], vec![("LOG_LEVEL", "LOUD")], "LOG_LEVEL"),
         (vec!["gateway", "--replicas", "db_g1"], vec![], "REPLICAS"),
     ] {

@@ -49,7 +49,11 @@ impl Up {
             child: Some(child),
             data,
         };
-        assert!(up.wait_healthy().await, "cluster did not become healthy: {}", up.status_text().await);
+        assert!(
+            up.wait_healthy().await,
+            "cluster did not become healthy: {}",
+            up.status_text().await
+        );
         up
     }
 
@@ -57,7 +61,12 @@ impl Up {
     pub async fn services(&self) -> Vec<Value> {
         let r = reqwest::get(format!("{CONTROL}/api/v1/services")).await;
         match r {
-            Ok(r) => r.json::<Value>().await.ok().and_then(|v| v.as_array().cloned()).unwrap_or_default(),
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default(),
             Err(_) => Vec::new(),
         }
     }
@@ -78,7 +87,9 @@ impl Up {
     pub async fn wait_healthy(&self) -> bool {
         wait_for(Duration::from_secs(60), || async {
             let s = self.services().await;
-            !s.is_empty() && s.iter().all(|s| s["state"] == "running" && s["healthy"] == true)
+            !s.is_empty()
+                && s.iter()
+                    .all(|s| s["state"] == "running" && s["healthy"] == true)
         })
         .await
     }
@@ -115,7 +126,11 @@ impl Drop for Up {
 
 /// Runs `bulwark ctl …` and returns its output.
 pub fn ctl(args: &[&str]) -> Output {
-    bulwark().arg("ctl").args(args).output().expect("run bulwark ctl")
+    bulwark()
+        .arg("ctl")
+        .args(args)
+        .output()
+        .expect("run bulwark ctl")
 }
 
 /// Runs `bulwark ctl …`, asserting success; returns stdout.
