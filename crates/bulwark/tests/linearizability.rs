@@ -14,6 +14,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,8 @@ async fn client_loop(
     phase: &'static str,
     id: u64,
     until: Instant,
-) {
+) -> Answers {
+    let mut answers = Answers::new();
     let http = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
@@ -97,12 +99,16 @@ async fn client_loop(
             n += 1;
             let op = recorder.invoke(id, &key, Call::Write(value.clone()));
             let res = send(http.post(format!("{base}/write/{key}/{value}"))).await;
+            *answers
+                .entry(format!("write {}", answer(&res)))
+                .or_default() += 1;
             let c = write_completion(&res);
             recorder.complete(op, c.clone());
             c
         } else {
             let op = recorder.invoke(id, &key, Call::Read);
             let res = send(http.get(format!("{base}/read/{key}"))).await;
+            *answers.entry(format!("read {}", answer(&res))).or_default() += 1;
             let c = read_completion(&res);
             recorder.complete(op, c.clone());
             c
@@ -111,6 +117,23 @@ async fn client_loop(
         if !matches!(completion, Completion::Ok(_)) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+    answers
+}
+
+/// How many requests got each kind of answer (`"write 503 CP_ABORTED"`: 17).
+type Answers = BTreeMap<String, usize>;
+
+/// A short label for an answer: status and error code, or the kind of transport error.
+fn answer(res: &Result<(u16, Value), reqwest::Error>) -> String {
+    match res {
+        Ok((status, body)) => match body["error"]["code"].as_str() {
+            Some(code) => format!("{status} {code}"),
+            None => status.to_string(),
+        },
+        Err(e) if e.is_connect() => "connection refused".into(),
+        Err(e) if e.is_timeout() => "timeout".into(),
+        Err(_) => "transport error".into(),
     }
 }
 
@@ -168,8 +191,11 @@ async fn phase(up: &Up, base: &'static str, phase: &'static str) {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| tokio::spawn(client_loop(recorder.clone(), base, phase, id, until)))
         .collect();
+    let mut answers = Answers::new();
     for c in clients {
-        c.await.expect("client task");
+        for (label, n) in c.await.expect("client task") {
+            *answers.entry(label).or_default() += n;
+        }
     }
     let faults = faults.await.expect("fault task");
     let history = recorder.history();
@@ -193,7 +219,8 @@ async fn phase(up: &Up, base: &'static str, phase: &'static str) {
     let states: usize = report.keys.iter().map(|k| k.states).sum();
     eprintln!(
         "{phase}: {} ops ({ok} ok, {failed} failed, {unknown} unknown), {searched} searched, \
-         {states} states, checked in {took:?}; faults: {faults:?}; history: {}",
+         {states} states, checked in {took:?}; answers: {answers:?}; faults: {faults:?}; \
+         history: {}",
         history.ops.len(),
         path.display()
     );
@@ -230,8 +257,24 @@ fn assert_meaningful(history: &History, phase: &str) {
     assert!(failed + unknown > 0, "{phase}: the faults hit no request");
 }
 
+/// The fixed ports `bulwark up` uses. If anything listens on them, `Up::start` would
+/// find that cluster healthy and this test would kill and stop *its* services.
+const FIXED_PORTS: [u16; 7] = [7070, 5001, 5002, 5003, 6401, 6402, 6403];
+
+fn assert_fixed_ports_free() {
+    for port in FIXED_PORTS {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let taken = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+        assert!(
+            !taken,
+            "port {port} is in use: another cluster is running; refusing to inject faults into it"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cp_and_quorum_reads_and_writes_are_linearizable_under_faults() {
+    assert_fixed_ports_free();
     let up = Up::start(
         &["--backend", "bulwark", "--replicas", "3"],
         &[("CB_OPEN_TIMEOUT_SEC", "1")],
