@@ -66,6 +66,7 @@ bench() { # port pipeline
 }
 
 declare -A RESULT
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 for policy in $POLICIES; do
   # redis-server
   port=$(free_port)
@@ -93,6 +94,8 @@ done
 
 echo
 echo "redis-benchmark -t $TESTS -n $N -c $CLIENTS -P <pipeline> -q, $(date -u +%Y-%m-%d), $(nproc) cores, $(redis-server --version | awk '{print $3}')"
+# Other work on the machine moves the figures a lot; the load average says how much there was.
+echo "load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")"
 echo
 echo "| appendfsync | pipeline | test | redis-server ops/s | bulwark node ops/s | node / redis |"
 echo "|---|---|---|---|---|---|"
