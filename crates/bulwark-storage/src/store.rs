@@ -670,7 +670,10 @@ impl Store {
         Ok(reply)
     }
 
-    fn prepare_deferred(
+    /// BW.PREPARE without waiting: the reply and the ticket to acknowledge (always an
+    /// fsync) before the reply may be sent. Lets a connection run a pipelined batch of
+    /// protocol commands and acknowledge them with one group commit.
+    pub fn prepare_deferred(
         &self,
         key: &[u8],
         version: Version,
@@ -734,7 +737,8 @@ impl Store {
         Ok(found)
     }
 
-    fn commit_deferred(
+    /// BW.COMMIT without waiting; see [`Store::prepare_deferred`].
+    pub fn commit_deferred(
         &self,
         key: &[u8],
         version: Version,
@@ -784,31 +788,38 @@ impl Store {
     /// (a few dozen bytes, counted in `memory_bytes`, gone at the next open): its
     /// `proto_seq` is what makes a concurrent read wait for the abort's fsync.
     pub async fn abort(&self, key: &[u8], version: Version) -> Result<bool, StorageError> {
-        let (found, ticket) = {
-            check_key(key)?;
-            self.check_open()?;
-            let mut map = self.inner.index.shard(key);
-            match map.get_mut(key) {
-                None => (false, self.observed(None)),
-                Some(e) => match e.find_pending(version) {
-                    Err(_) => (false, self.observed(Some(e))),
-                    Ok(i) => {
-                        self.inner
-                            .pending
-                            .remove(codec::pending_key(key, version))?;
-                        let ticket = self.inner.dur.issue(true);
-                        let before = e.footprint(key.len());
-                        e.pending.remove(i);
-                        self.note_protocol_change(e, ticket.seq);
-                        let after = e.footprint(key.len());
-                        self.resize(before, after);
-                        (true, ticket)
-                    }
-                },
-            }
-        };
+        let (found, ticket) = self.abort_deferred(key, version)?;
         self.ack(ticket).await?;
         Ok(found)
+    }
+
+    /// BW.ABORT without waiting; see [`Store::prepare_deferred`].
+    pub fn abort_deferred(
+        &self,
+        key: &[u8],
+        version: Version,
+    ) -> Result<(bool, Ticket), StorageError> {
+        check_key(key)?;
+        self.check_open()?;
+        let mut map = self.inner.index.shard(key);
+        Ok(match map.get_mut(key) {
+            None => (false, self.observed(None)),
+            Some(e) => match e.find_pending(version) {
+                Err(_) => (false, self.observed(Some(e))),
+                Ok(i) => {
+                    self.inner
+                        .pending
+                        .remove(codec::pending_key(key, version))?;
+                    let ticket = self.inner.dur.issue(true);
+                    let before = e.footprint(key.len());
+                    e.pending.remove(i);
+                    self.note_protocol_change(e, ticket.seq);
+                    let after = e.footprint(key.len());
+                    self.resize(before, after);
+                    (true, ticket)
+                }
+            },
+        })
     }
 
     /// FLUSHALL: removes every record, committed and pending. Durable before it returns,

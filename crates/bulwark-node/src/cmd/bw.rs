@@ -128,11 +128,16 @@ pub(super) async fn prepare(shared: &Shared, args: &[Bytes], out: &mut BytesMut)
         Ok(v) => v,
         Err(msg) => return err(out, msg),
     };
-    let reply = shared.store.prepare(&args[1], ver, coordinator, v).await?;
+    // The reply waits for the batch's group commit (the connection acknowledges every
+    // ticket of a pipelined batch with one fsync), not for its own fsync here: one
+    // pipelined connection would otherwise get one fsync per command.
+    let (reply, ticket) = shared
+        .store
+        .prepare_deferred(&args[1], ver, coordinator, v)?;
     encode::array_len(out, 2);
     encode::bulk(out, reply.status.as_str().as_bytes());
     put_version(out, reply.committed);
-    Ok(Flow::default())
+    Ok(Flow::written(ticket))
 }
 
 pub(super) async fn commit(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
@@ -142,9 +147,9 @@ pub(super) async fn commit(shared: &Shared, args: &[Bytes], out: &mut BytesMut) 
     let Some(ver) = version(ver) else {
         return err(out, BAD_VERSION);
     };
-    let found = shared.store.commit(key, ver).await?;
+    let (found, ticket) = shared.store.commit_deferred(key, ver)?;
     encode::integer(out, i64::from(found));
-    Ok(Flow::default())
+    Ok(Flow::written(ticket))
 }
 
 pub(super) async fn abort(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
@@ -154,9 +159,9 @@ pub(super) async fn abort(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -
     let Some(ver) = version(ver) else {
         return err(out, BAD_VERSION);
     };
-    let found = shared.store.abort(key, ver).await?;
+    let (found, ticket) = shared.store.abort_deferred(key, ver)?;
     encode::integer(out, i64::from(found));
-    Ok(Flow::default())
+    Ok(Flow::written(ticket))
 }
 
 #[cfg(test)]
