@@ -396,12 +396,19 @@ async fn open_worker(ctx: &Ctx, stripe: &Mutex<Stats>, mut rng: Rng, slots: Slot
             return;
         }
         let intended = slots.start + slots.schedule.offset(i);
-        // Returns at once when we are already late: the backlog is sent back to back,
-        // and each late request is charged the time it waited.
-        tokio::time::sleep_until(intended).await;
+        // Late (the previous request outlived this slot): send at once and charge the
+        // time the request waited — that wait is the server's doing (coordinated
+        // omission). Early: sleep until the slot and measure from the actual send, since
+        // tokio's timer wakes up to a millisecond late and that delay is the generator's.
+        let from = if Instant::now() < intended {
+            tokio::time::sleep_until(intended).await;
+            Instant::now()
+        } else {
+            intended
+        };
         let req = ctx.workload.next_request(&mut rng);
         let outcome = send(&ctx.client, req, ctx.timeout).await;
-        let latency = intended.elapsed();
+        let latency = from.elapsed();
         stripe
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use bulwark_config::Settings;
 use bulwark_obs::events::{Emit, ServiceStarted, ShutdownEvent};
 use tokio::net::TcpListener;
@@ -184,6 +185,10 @@ pub async fn serve(
     });
 
     let app = http::router(state.clone());
+    // Responses are small and latency is the point: no Nagle delay on the client socket.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
     let deadline = config.shutdown_timeout;
     let drain_deadline = async {
