@@ -250,11 +250,19 @@ mod tests {
             (up.replicas, up.backend, up.quiet),
             (3, Backend::Redis, true)
         );
-        assert_eq!(up.appendfsync(), Appendfsync::Everysec, "an explicit flag wins");
+        assert_eq!(
+            up.appendfsync(),
+            Appendfsync::Everysec,
+            "an explicit flag wins"
+        );
         let Ok(Cli::Up(up)) = parse("up --backend redis") else {
             panic!("up parses")
         };
-        assert_eq!(up.appendfsync(), Appendfsync::Always, "redis needs always for CP");
+        assert_eq!(
+            up.appendfsync(),
+            Appendfsync::Always,
+            "redis needs always for CP"
+        );
         assert!(parse("up --replicas 10").is_err());
         assert!(parse("up --replicas 0").is_err());
     }

@@ -157,7 +157,11 @@ impl Cluster {
             .map_err(io_err(format!("cannot create {}", log_dir.display())))?;
         // Each replica keeps its data in <data-dir>/<name>; redis-server refuses to start
         // when its --dir does not exist, so create them all up front.
-        for s in topology.services.iter().filter(|s| s.kind == ServiceKind::Replica) {
+        for s in topology
+            .services
+            .iter()
+            .filter(|s| s.kind == ServiceKind::Replica)
+        {
             let dir = data_dir.join(&s.name);
             std::fs::create_dir_all(&dir)
                 .map_err(io_err(format!("cannot create {}", dir.display())))?;

@@ -40,7 +40,8 @@ pub struct GatewayConfig {
     pub breaker: BreakerConfig,
     /// Signs read-your-writes session cookies. `SECRET_KEY`.
     pub secret_key: Vec<u8>,
-    /// Whether the secret is the insecure development default.
+    /// Whether the secret is insecure: the development default or the example value
+    /// (allowed in development, with a warning; refused in production).
     pub secret_is_default: bool,
     /// `ENVIRONMENT`.
     pub environment: Environment,
@@ -114,7 +115,7 @@ impl GatewayConfig {
                     "must be at least 32 characters in production",
                 ));
             }
-            Some(k) => (k.as_bytes().to_vec(), false),
+            Some(k) => (k.as_bytes().to_vec(), k == EXAMPLE_SECRET_KEY),
             None if environment == Environment::Production => {
                 return Err(ConfigError::Missing {
                     setting: "SECRET_KEY".into(),

@@ -119,22 +119,29 @@ impl Hints {
         (0..self.queues.len()).map(|r| self.depth(r)).sum()
     }
 
-    /// Updates `hint_queue_depth` and `replication_lag_ms` for `replica`.
+    /// Updates `hint_queue_depth` for `replica` (O(1): called on every change).
     fn publish(&self, replica: usize, q: &HashMap<Bytes, Hint>) {
-        let m = metrics();
-        let name = self.names[replica].as_str();
-        m.hint_queue_depth
-            .with_label_values(&[name])
+        metrics()
+            .hint_queue_depth
+            .with_label_values(&[self.names[replica].as_str()])
             .set(q.len() as i64);
-        let oldest = q.values().map(|h| h.oldest.physical_ms).min();
-        let lag = oldest.map_or(0, |ms| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            now.saturating_sub(ms) as i64
-        });
-        m.replication_lag_ms.with_label_values(&[name]).set(lag);
+    }
+
+    /// Updates `replication_lag_ms` (age of the oldest missed write) for every replica at
+    /// `now_ms`. Scans the queues, so it runs on the handoff tick, not per write.
+    pub fn publish_lag(&self, now_ms: u64) {
+        let m = metrics();
+        for (replica, name) in self.names.iter().enumerate() {
+            let oldest = self
+                .queue(replica)
+                .values()
+                .map(|h| h.oldest.physical_ms)
+                .min();
+            let lag = oldest.map_or(0, |ms| now_ms.saturating_sub(ms));
+            m.replication_lag_ms
+                .with_label_values(&[name.as_str()])
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
     }
 }
 

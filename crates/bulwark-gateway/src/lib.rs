@@ -132,7 +132,7 @@ pub async fn serve(
         tracing::warn!(
             event = "INSECURE_DEFAULT",
             setting = "SECRET_KEY",
-            message = "SECRET_KEY is unset: using the development key; set it (and ENVIRONMENT=production) outside development",
+            message = "SECRET_KEY is unset or the example value: session cookies can be forged; set a random one (openssl rand -hex 32) and ENVIRONMENT=production outside development",
         );
     }
     let state = Arc::new(AppState {
@@ -235,6 +235,7 @@ async fn background(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
                 if engine.hints.total() > 0 {
                     engine.handoff_round().await;
                 }
+                engine.hints.publish_lag(engine.hlc.now_ms());
             }
         }
     }
