@@ -31,7 +31,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap's own output, on stdout.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("bulwark: {}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,4 +101,17 @@ async fn shutdown_signal() -> String {
         _ = term.recv() => "SIGTERM".to_string(),
         _ = int.recv() => "SIGINT".to_string(),
     }
+}
+
+/// A clap error as one line: `invalid value 'x' for '--flag <FLAG>' [possible values: …]`,
+/// without the usage and "try --help" trailer, so a bad setting is one line naming it.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

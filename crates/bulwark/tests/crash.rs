@@ -20,8 +20,17 @@ enum Told {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cp_writes_survive_sigkill_of_a_replica_and_the_gateway() {
-    let up = Up::start(&["--backend", "bulwark"], &[("CB_OPEN_TIMEOUT_SEC", "1")]).await;
+async fn cp_writes_survive_sigkill_with_bulwark_nodes() {
+    crash_run("bulwark").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cp_writes_survive_sigkill_with_redis_servers() {
+    crash_run("redis").await;
+}
+
+async fn crash_run(backend: &str) {
+    let up = Up::start(&["--backend", backend], &[("CB_OPEN_TIMEOUT_SEC", "1")]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();

@@ -194,6 +194,18 @@ fn bad_config_is_refused_before_anything_starts() {
         ),
         (vec!["gateway"], vec![("LOG_LEVEL", "LOUD")], "LOG_LEVEL"),
         (vec!["gateway", "--replicas", "db_g1"], vec![], "REPLICAS"),
+        (
+            vec!["node", "--appendfsync", "sometimes"],
+            vec![],
+            "--appendfsync",
+        ),
+        (
+            vec!["node"],
+            vec![("APPENDFSYNC", "sometimes")],
+            "--appendfsync",
+        ),
+        (vec!["up", "--backend", "mongo"], vec![], "--backend"),
+        (vec!["up", "--replicas", "0"], vec![], "--replicas"),
     ] {
         let out = bulwark()
             .args(&args)
