@@ -59,6 +59,9 @@ pub struct GatewayConfig {
     pub in_doubt_timeout: Duration,
     /// Hints kept per replica before the oldest are dropped. `MAX_HINTS` (default 100000).
     pub max_hints: usize,
+    /// Data requests served at once; beyond it requests are shed with 503 `OVERLOADED`
+    /// and `Retry-After` rather than queued without bound. `MAX_IN_FLIGHT` (default 4096).
+    pub max_in_flight: usize,
 }
 
 impl GatewayConfig {
@@ -181,6 +184,7 @@ impl GatewayConfig {
             )?,
             in_doubt_timeout,
             max_hints: s.int_in("MAX_HINTS", 100_000usize, 1..=10_000_000)?,
+            max_in_flight: s.int_in("MAX_IN_FLIGHT", 4096usize, 1..=1_000_000)?,
         })
     }
 }

@@ -137,6 +137,7 @@ pub async fn serve(
     }
     let state = Arc::new(AppState {
         sessions: SessionCodec::new(&config.secret_key),
+        in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
         engine: Engine::new(config),
     });
     let config = &state.engine.config;

@@ -133,7 +133,8 @@ impl ApiError {
         }
     }
 
-    fn retry(mut self, secs: u64) -> Self {
+    /// Adds `Retry-After: secs`.
+    pub fn retry(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
     }

@@ -3,7 +3,10 @@
 //!
 //! The middleware stack, in request order:
 //! 1. request id: `X-Request-Id` from the client (if sane) or a fresh one, echoed back;
-//! 2. `REQUEST_COMPLETED` log line and request metrics, labelled by operation.
+//!    `REQUEST_COMPLETED` log line and request metrics, labelled by operation;
+//! 2. load shedding: at most `MAX_IN_FLIGHT` data requests at once, the rest get 503
+//!    `OVERLOADED` with `Retry-After` at once (health, metrics and breaker state are exempt,
+//!    so a saturated gateway can still be observed).
 //!
 //! The body limit is set per route from `MAX_VALUE_BYTES`.
 
@@ -37,6 +40,8 @@ pub struct AppState {
     pub engine: Engine,
     /// Signs and verifies read-your-writes cookies.
     pub sessions: SessionCodec,
+    /// Permits for data requests in flight (`MAX_IN_FLIGHT`).
+    pub in_flight: tokio::sync::Semaphore,
 }
 
 /// The correlation id of a request, set by the middleware.
@@ -64,6 +69,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), shed))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -100,6 +106,35 @@ async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
     }
     .emit();
     response
+}
+
+/// Sheds data requests beyond `MAX_IN_FLIGHT` instead of queueing them.
+async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let exempt = matches!(
+        req.uri().path(),
+        "/health" | "/health/live" | "/health/ready" | "/metrics" | "/circuit-breaker"
+    );
+    if exempt {
+        return next.run(req).await;
+    }
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        let rid = req
+            .extensions()
+            .get::<RequestId>()
+            .map_or_else(String::new, |r| r.0.clone());
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OVERLOADED",
+            format!(
+                "more than {} requests in flight; retry later",
+                state.engine.config.max_in_flight
+            ),
+            &rid,
+        )
+        .retry(1)
+        .into_response();
+    };
+    next.run(req).await
 }
 
 /// The metric label for a route.

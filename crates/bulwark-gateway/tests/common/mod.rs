@@ -154,8 +154,13 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(settings: &[(&str, String)]) -> TestGateway {
-        let mut pairs: Vec<(&str, String)> =
-            vec![("PORT", "0".into()), ("HEALTH_INTERVAL_SEC", "600".into())];
+        // A generous replica timeout: tests run in parallel on a small machine, and a
+        // healthy replica must not look failed. Tests about timeouts set their own.
+        let mut pairs: Vec<(&str, String)> = vec![
+            ("PORT", "0".into()),
+            ("HEALTH_INTERVAL_SEC", "600".into()),
+            ("NETWORK_TIMEOUT_SEC", "1".into()),
+        ];
         pairs.extend(settings.iter().cloned());
         let config =
             GatewayConfig::from_settings(&Settings::from_pairs(pairs)).expect("valid test config");
