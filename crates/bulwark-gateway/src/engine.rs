@@ -10,6 +10,7 @@ use bulwark_core::{Hlc, PendingRef, Record, ReplicaState, Version};
 use bulwark_obs::events::{ApStaleRisk, CpAborted, Emit, RywViolation, WriteOutcomeUnknown};
 use bulwark_obs::metrics::metrics;
 use bulwark_replica::{PrepareReply, ReplicaClient};
+use bulwark_resilience::retry::{RetryPolicy, backoff_delay};
 use bytes::Bytes;
 use futures::future::join_all;
 use tokio::sync::Semaphore;
@@ -30,6 +31,21 @@ const MAX_WRITE_ATTEMPTS: usize = 3;
 
 /// Hints delivered per replica per handoff round.
 const HANDOFF_BATCH: usize = 256;
+
+/// Backoff between handoff attempts to a replica that keeps failing: exponential from
+/// 100 ms to 5 s with full jitter, so gateways do not hammer a recovering replica in step.
+fn handoff_backoff() -> RetryPolicy {
+    RetryPolicy::new(u32::MAX, Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// Per-replica handoff pacing.
+#[derive(Debug, Clone, Copy)]
+struct HandoffPace {
+    /// Consecutive failed handoff rounds.
+    failures: u32,
+    /// No attempt before this instant.
+    next_at: tokio::time::Instant,
+}
 
 /// The outcome of a replicated write.
 #[derive(Debug, Clone)]
@@ -122,6 +138,8 @@ pub struct Engine {
     pub hints: Arc<Hints>,
     /// Bounds background repair work.
     repairs: Arc<Semaphore>,
+    /// Handoff backoff per replica (index-aligned with `set.replicas`).
+    handoff_pace: std::sync::Mutex<Vec<HandoffPace>>,
 }
 
 /// `(replica index, its answer)` for the replicas that answered a read.
@@ -136,6 +154,7 @@ impl Engine {
             .map(|spec| ReplicaClient::new(spec.clone(), config.backend, config.network_timeout))
             .collect();
         let set = ReplicaSet::new(clients, config.breaker);
+        let n = set.len();
         let names = set.replicas.iter().map(|r| r.name().to_string()).collect();
         Engine {
             hlc: Hlc::new(config.writer_id, Default::default()),
@@ -143,6 +162,13 @@ impl Engine {
             set: Arc::new(set),
             config,
             repairs: Arc::new(Semaphore::new(MAX_BACKGROUND_REPAIRS)),
+            handoff_pace: std::sync::Mutex::new(vec![
+                HandoffPace {
+                    failures: 0,
+                    next_at: tokio::time::Instant::now(),
+                };
+                n
+            ]),
         }
     }
 
@@ -712,7 +738,12 @@ impl Engine {
     pub async fn handoff_round(&self) -> usize {
         let mut delivered = 0;
         for r in &self.set.replicas {
+            let now = tokio::time::Instant::now();
+            if self.pace(r.index).next_at > now {
+                continue;
+            }
             let batch = self.hints.batch(r.index, HANDOFF_BATCH);
+            let mut failed = false;
             for (key, hint) in batch {
                 match self
                     .set
@@ -727,11 +758,27 @@ impl Engine {
                         self.hints.delivered(r.index, &key, hint.latest);
                         delivered += 1;
                     }
-                    Err(_) => break,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
                 }
+            }
+            let mut paces = self.handoff_pace.lock().unwrap_or_else(|e| e.into_inner());
+            let pace = &mut paces[r.index];
+            if failed {
+                let delay = backoff_delay(&handoff_backoff(), pace.failures, rand::random::<f64>());
+                pace.failures = pace.failures.saturating_add(1);
+                pace.next_at = now + delay;
+            } else {
+                pace.failures = 0;
             }
         }
         delivered
+    }
+
+    fn pace(&self, replica: usize) -> HandoffPace {
+        self.handoff_pace.lock().unwrap_or_else(|e| e.into_inner())[replica]
     }
 
     /// Pings every replica through its breaker (health probe; also the half-open probe
