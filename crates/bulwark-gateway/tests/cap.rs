@@ -2,6 +2,7 @@
 //! scenario runs once against `bulwark node`s and once against real `redis-server`s.
 //! The scenarios follow seed 000, section III, steps 4–7, plus the bad-input rules.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -9,28 +10,6 @@ use std::time::Duration;
 use bulwark_testkit::{BlackHole, GarbageServer, wait_for};
 use common::*;
 use serde_json::Value;
-
-/// Runs an async scenario `fn(Backend)` as one test per backend.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod bulwark_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Bulwark).await
-                }
-            )*
-        }
-        mod redis_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Redis).await
-                }
-            )*
-        }
-    };
-}
 
 both_backends!(
     ap_write_then_read_is_consistent,

@@ -8,6 +8,7 @@
 //! Nothing resolves an undecided write except a gateway read (or a write that hit BUSY):
 //! the tests inspect the replicas directly (not through the proxies) between steps.
 
+#[macro_use]
 mod common;
 
 use std::cell::RefCell;
@@ -19,28 +20,6 @@ use bulwark_replica::{Dialect, PrepareReply, ReplicaClient, ReplicaSpec};
 use bulwark_testkit::{Action, RespProxy, Rule, wait_for};
 use common::*;
 use serde_json::Value;
-
-/// Runs an async scenario `fn(Backend)` as one test per backend.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod bulwark_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Bulwark).await
-                }
-            )*
-        }
-        mod redis_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Redis).await
-                }
-            )*
-        }
-    };
-}
 
 both_backends!(
     commit_reply_lost_at_the_coordinator_is_unknown_then_visible_everywhere,

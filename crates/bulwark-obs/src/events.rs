@@ -5,6 +5,20 @@
 
 use crate::metrics::metrics;
 
+/// `tracing`'s macros need their level at compile time; this picks one at run time for
+/// events whose level depends on their content, keeping the fields written once.
+macro_rules! event_at {
+    ($level:expr, $($fields:tt)*) => {
+        match $level {
+            tracing::Level::ERROR => tracing::error!($($fields)*),
+            tracing::Level::WARN => tracing::warn!($($fields)*),
+            tracing::Level::INFO => tracing::info!($($fields)*),
+            tracing::Level::DEBUG => tracing::debug!($($fields)*),
+            _ => tracing::trace!($($fields)*),
+        }
+    };
+}
+
 /// Something that happened, worth a log line and perhaps a metric.
 pub trait Emit {
     /// Logs the event and records its metrics.
@@ -41,30 +55,23 @@ impl Emit for RequestCompleted<'_> {
         m.request_latency
             .with_label_values(&[self.mode, self.operation])
             .observe(secs);
-        let latency_ms = format!("{:.2}", secs * 1000.0);
         // Health checks arrive every few seconds from supervisors and load balancers;
         // they would drown the request log, so they are logged at DEBUG (still counted).
-        if self.operation == "health" {
-            tracing::debug!(
-                event = "REQUEST_COMPLETED",
-                request_id = self.request_id,
-                mode = self.mode,
-                method = self.method,
-                path = self.path,
-                status = self.status,
-                latency_ms,
-            );
+        let level = if self.operation == "health" {
+            tracing::Level::DEBUG
         } else {
-            tracing::info!(
-                event = "REQUEST_COMPLETED",
-                request_id = self.request_id,
-                mode = self.mode,
-                method = self.method,
-                path = self.path,
-                status = self.status,
-                latency_ms,
-            );
-        }
+            tracing::Level::INFO
+        };
+        event_at!(
+            level,
+            event = "REQUEST_COMPLETED",
+            request_id = self.request_id,
+            mode = self.mode,
+            method = self.method,
+            path = self.path,
+            status = self.status,
+            latency_ms = format!("{:.2}", secs * 1000.0),
+        );
     }
 }
 
@@ -151,23 +158,19 @@ impl Emit for CircuitBreakerTransition<'_> {
         m.circuit_breaker_transitions
             .with_label_values(&[self.node, self.to.as_str()])
             .inc();
-        if self.to == BreakerState::Open {
-            tracing::warn!(
-                event = "CIRCUIT_BREAKER",
-                node = self.node,
-                state = self.to.as_str(),
-                from = self.from.as_str(),
-                failures = self.failures,
-            );
+        let level = if self.to == BreakerState::Open {
+            tracing::Level::WARN
         } else {
-            tracing::info!(
-                event = "CIRCUIT_BREAKER",
-                node = self.node,
-                state = self.to.as_str(),
-                from = self.from.as_str(),
-                failures = self.failures,
-            );
-        }
+            tracing::Level::INFO
+        };
+        event_at!(
+            level,
+            event = "CIRCUIT_BREAKER",
+            node = self.node,
+            state = self.to.as_str(),
+            from = self.from.as_str(),
+            failures = self.failures,
+        );
     }
 }
 

@@ -12,6 +12,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use crate::mode::Mode;
+
 use super::seed::bad_path;
 use super::{
     ApiError, AppState, RequestId, read_fields, requested_mode, session, value_fields,
@@ -33,6 +35,19 @@ pub struct PutBody {
     pub value: Option<String>,
     /// The value as standard base64, for binary data.
     pub value_base64: Option<String>,
+}
+
+/// The key (validated) and the consistency mode a `/v1/kv/{key}` request is about.
+fn target(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<KvQuery>, QueryRejection>,
+    headers: &HeaderMap,
+    rid: &str,
+) -> Result<(String, Mode), ApiError> {
+    let key = checked_key(state, path, rid)?;
+    let consistency = query.as_ref().ok().and_then(|q| q.consistency.as_deref());
+    Ok((key, requested_mode(state, consistency, headers, rid)?))
 }
 
 fn checked_key(
@@ -72,17 +87,8 @@ pub async fn get(
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let rid = rid.0;
-    let key = match checked_key(&state, path, &rid) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    let mode = match requested_mode(
-        &state,
-        query.as_ref().ok().and_then(|q| q.consistency.as_deref()),
-        &headers,
-        &rid,
-    ) {
-        Ok(m) => m,
+    let (key, mode) = match target(&state, path, query, &headers, &rid) {
+        Ok(t) => t,
         Err(e) => return e.into_response(),
     };
     let required = session(&state, &headers).required(&key);
@@ -149,8 +155,8 @@ pub async fn put(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let rid = rid.0;
-    let key = match checked_key(&state, path, &rid) {
-        Ok(k) => k,
+    let (key, mode) = match target(&state, path, query, &headers, &rid) {
+        Ok(t) => t,
         Err(e) => return e.into_response(),
     };
     let limits = state.engine.config.limits;
@@ -180,15 +186,6 @@ pub async fn put(
     if let Err(e) = limits.check_value(&value) {
         return ApiError::limit(e, &rid).into_response();
     }
-    let mode = match requested_mode(
-        &state,
-        query.as_ref().ok().and_then(|q| q.consistency.as_deref()),
-        &headers,
-        &rid,
-    ) {
-        Ok(m) => m,
-        Err(e) => return e.into_response(),
-    };
     let outcome = state
         .engine
         .write(key.as_bytes(), Some(value), mode, &rid)
@@ -220,17 +217,8 @@ pub async fn delete(
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let rid = rid.0;
-    let key = match checked_key(&state, path, &rid) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    let mode = match requested_mode(
-        &state,
-        query.as_ref().ok().and_then(|q| q.consistency.as_deref()),
-        &headers,
-        &rid,
-    ) {
-        Ok(m) => m,
+    let (key, mode) = match target(&state, path, query, &headers, &rid) {
+        Ok(t) => t,
         Err(e) => return e.into_response(),
     };
     let outcome = state.engine.write(key.as_bytes(), None, mode, &rid).await;

@@ -5,6 +5,29 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+/// Runs an async scenario `fn(Backend)` as one test per backend (SPEC CAP-2: both).
+/// The scenarios and `Backend` must be in scope where it is invoked.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod bulwark_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Bulwark).await
+                }
+            )*
+        }
+        mod redis_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Redis).await
+                }
+            )*
+        }
+    };
+}
+
 use std::time::Duration;
 
 use bulwark_config::Settings;
