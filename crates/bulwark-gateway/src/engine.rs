@@ -287,12 +287,13 @@ impl Engine {
     /// CP and quorum: two-phase commit decided at the coordinator replica.
     async fn write_2pc(&self, key: &[u8], value: Option<Bytes>, mode: Mode) -> WriteOutcome {
         let required = mode.write_quorum(self.set.len());
-        let mut last = None;
-        for _attempt in 0..MAX_WRITE_ATTEMPTS {
+        let mut attempt = 1;
+        loop {
             // Fail fast, without touching the network, when the breakers already say the
             // quorum cannot be reached (SPEC CAP-5).
             let callable = self.set.callable();
-            let Some(coordinator) = self.set.replicas.iter().find(|r| !r.rejecting()) else {
+            let Some(coordinator) = self.set.replicas.iter().find(|r| !r.breaker.is_rejecting())
+            else {
                 return WriteOutcome::Aborted {
                     version: self.hlc.now(),
                     acked: 0,
@@ -305,7 +306,7 @@ impl Engine {
                     .set
                     .replicas
                     .iter()
-                    .filter(|r| r.rejecting())
+                    .filter(|r| r.breaker.is_rejecting())
                     .map(|r| r.name())
                     .collect();
                 return WriteOutcome::Aborted {
@@ -381,9 +382,10 @@ impl Engine {
             };
             // A STALE or BUSY refusal is not a failure of the replica: retry with a newer
             // version (the clock observed the newer one) after tidying undecided writes.
-            if !retryable || call_errors > 0 {
+            if !retryable || call_errors > 0 || attempt == MAX_WRITE_ATTEMPTS {
                 return outcome;
             }
+            attempt += 1;
             if let Some(work) = self
                 .read_answers(key)
                 .await
@@ -392,11 +394,7 @@ impl Engine {
                 work.run(&self.clients(), self.config.in_doubt_timeout)
                     .await;
             }
-            last = Some(outcome);
         }
-        last.unwrap_or(WriteOutcome::Unavailable {
-            reason: "no attempt was made".into(),
-        })
     }
 
     /// Commits at the coordinator (the linearization point), then at the others.
@@ -798,7 +796,7 @@ impl Engine {
             .set
             .replicas
             .iter()
-            .filter(|r| r.reachable() && !r.rejecting())
+            .filter(|r| r.reachable() && !r.breaker.is_rejecting())
             .count();
         reachable >= self.config.mode.write_quorum(self.set.len())
     }

@@ -27,16 +27,6 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Whether a call would be refused right now without touching the network: the
-    /// breaker is OPEN and its open timeout has not elapsed (after it, the next call is
-    /// the HALF_OPEN probe).
-    pub fn rejecting(&self) -> bool {
-        let s = self.breaker.snapshot();
-        s.state == "OPEN"
-            && s.opened_ago_ms
-                .is_some_and(|ms| (ms as f64) < s.open_timeout_sec * 1000.0)
-    }
-
     /// The replica's configured name (`db_g1`).
     pub fn name(&self) -> &str {
         self.client.name()
@@ -103,14 +93,12 @@ impl ReplicaSet {
         self.replicas.is_empty()
     }
 
-    /// The replica named `name`.
-    pub fn by_name(&self, name: &str) -> Option<&Replica> {
-        self.replicas.iter().find(|r| r.name() == name)
-    }
-
     /// Replicas whose breaker would let a call through now.
     pub fn callable(&self) -> usize {
-        self.replicas.iter().filter(|r| !r.rejecting()).count()
+        self.replicas
+            .iter()
+            .filter(|r| !r.breaker.is_rejecting())
+            .count()
     }
 
     /// Calls `replica` with `op` through its breaker.

@@ -137,6 +137,16 @@ impl CircuitBreaker {
         self.lock().state
     }
 
+    /// Whether a call would be refused right now without touching the network: OPEN and
+    /// the open timeout has not elapsed (after it, the next call is the HALF_OPEN probe).
+    /// Lets a caller that needs several replicas fail fast before calling any of them.
+    pub fn is_rejecting(&self) -> bool {
+        let g = self.lock();
+        g.state == BreakerState::Open
+            && g.opened_at
+                .is_some_and(|t| Instant::now() - t < self.config.open_timeout)
+    }
+
     /// Asks to make one call. Fails fast while OPEN; after `open_timeout` moves to
     /// HALF_OPEN and hands out at most `half_open_max_probes` concurrent probe permits.
     pub fn try_acquire(&self) -> Result<Permit<'_>, BreakerOpen> {
@@ -314,6 +324,24 @@ mod tests {
         for _ in 0..n {
             b.try_acquire().expect("closed").failure();
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejects_only_while_open_and_within_the_timeout() {
+        let b = breaker(3, 1);
+        assert!(!b.is_rejecting());
+        fail_n(&b, 3);
+        assert!(b.is_rejecting(), "OPEN within the timeout");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(
+            !b.is_rejecting(),
+            "the next call would be the half-open probe"
+        );
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "asking does not change the state"
+        );
     }
 
     #[tokio::test(start_paused = true)]
