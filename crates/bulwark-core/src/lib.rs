@@ -8,10 +8,13 @@
 //!   without touching the system clock;
 //! * [`Record`], [`PendingRef`] and [`ReplicaState`]: what a replica holds for one key
 //!   (the committed value and any prepared-but-undecided writes);
-//! * [`Limits`]: the key and value size limits enforced at every entry point.
+//! * [`Limits`]: the key and value size limits enforced at every entry point;
+//! * [`ae`]: the anti-entropy digest that replicas compute and gateways compare
+//!   (SPEC HARD-6).
 
 #![forbid(unsafe_code)]
 
+pub mod ae;
 mod hlc;
 mod record;
 

@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use bulwark_config::{ConfigError, Environment, Settings};
 use bulwark_core::Limits;
+use bulwark_core::ae::AE_BUCKETS;
 use bulwark_replica::{Dialect, ReplicaSpec};
 use bulwark_resilience::breaker::BreakerConfig;
 
+use crate::anti_entropy::AntiEntropyConfig;
 use crate::mode::Mode;
 
 /// The example secret shipped in `.env.example`; refused in production.
@@ -62,6 +64,8 @@ pub struct GatewayConfig {
     /// Data requests served at once; beyond it requests are shed with 503 `OVERLOADED`
     /// and `Retry-After` rather than queued without bound. `MAX_IN_FLIGHT` (default 4096).
     pub max_in_flight: usize,
+    /// Anti-entropy settings (`ANTI_ENTROPY_*`).
+    pub anti_entropy: AntiEntropyConfig,
 }
 
 impl GatewayConfig {
@@ -185,6 +189,19 @@ impl GatewayConfig {
             in_doubt_timeout,
             max_hints: s.int_in("MAX_HINTS", 100_000usize, 1..=10_000_000)?,
             max_in_flight: s.int_in("MAX_IN_FLIGHT", 4096usize, 1..=1_000_000)?,
+            anti_entropy: AntiEntropyConfig {
+                interval: match s.int_in("ANTI_ENTROPY_INTERVAL_SEC", 30u64, 0..=86_400)? {
+                    0 => None,
+                    secs => Some(Duration::from_secs(secs)),
+                },
+                timeout: s.seconds_or(
+                    "ANTI_ENTROPY_TIMEOUT_SEC",
+                    Duration::from_secs(5),
+                    Duration::from_secs(600),
+                )?,
+                max_buckets: s.int_in("ANTI_ENTROPY_MAX_BUCKETS", 512usize, 1..=AE_BUCKETS)?,
+                max_keys: s.int_in("ANTI_ENTROPY_MAX_KEYS", 10_000usize, 1..=10_000_000)?,
+            },
         })
     }
 }
@@ -208,6 +225,9 @@ mod tests {
         assert_eq!(c.breaker.open_timeout, Duration::from_secs(10));
         assert_eq!(c.replicas.len(), 2);
         assert!(c.secret_is_default);
+        assert_eq!(c.anti_entropy.interval, Some(Duration::from_secs(30)));
+        let off = cfg(&[("ANTI_ENTROPY_INTERVAL_SEC", "0")]).unwrap();
+        assert_eq!(off.anti_entropy.interval, None);
     }
 
     #[test]
@@ -219,6 +239,8 @@ mod tests {
             ("REPLICAS", "db_g1"),
             ("PORT", "99999"),
             ("BACKEND", "mongo"),
+            ("ANTI_ENTROPY_INTERVAL_SEC", "-1"),
+            ("ANTI_ENTROPY_MAX_BUCKETS", "5000"),
         ] {
             let e = cfg(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k), "{k}={v}: {e}");

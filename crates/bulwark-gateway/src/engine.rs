@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
+use crate::anti_entropy::{AntiEntropy, RoundSummary};
 use crate::config::GatewayConfig;
 use crate::hints::Hints;
 use crate::mode::Mode;
@@ -140,6 +141,8 @@ pub struct Engine {
     repairs: Arc<Semaphore>,
     /// Handoff backoff per replica (index-aligned with `set.replicas`).
     handoff_pace: std::sync::Mutex<Vec<HandoffPace>>,
+    /// Background comparison and repair of every replica's records (HARD-6).
+    pub anti_entropy: AntiEntropy,
 }
 
 /// `(replica index, its answer)` for the replicas that answered a read.
@@ -156,7 +159,13 @@ impl Engine {
         let set = ReplicaSet::new(clients, config.breaker);
         let n = set.len();
         let names = set.replicas.iter().map(|r| r.name().to_string()).collect();
+        let anti_entropy = AntiEntropy::new(
+            &config.replicas,
+            config.backend,
+            config.anti_entropy.clone(),
+        );
         Engine {
+            anti_entropy,
             hlc: Hlc::new(config.writer_id, Default::default()),
             hints: Arc::new(Hints::new(names, config.max_hints)),
             set: Arc::new(set),
@@ -799,6 +808,12 @@ impl Engine {
             .filter(|r| r.reachable() && !r.breaker.is_rejecting())
             .count();
         reachable >= self.config.mode.write_quorum(self.set.len())
+    }
+
+    /// Runs one anti-entropy round now (after any round in progress) and returns what
+    /// it did.
+    pub async fn anti_entropy_round(&self) -> RoundSummary {
+        self.anti_entropy.round(&self.set, &self.config.name).await
     }
 
     /// Delivers hints until none are left or `deadline` passes (graceful shutdown).

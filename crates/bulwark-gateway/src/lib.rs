@@ -7,11 +7,13 @@
 //! always means "not applied" (see `docs/ARCHITECTURE.md`).
 //!
 //! Code map: [`config`] (settings), [`engine`] (the protocol), [`replicas`] (clients +
-//! breakers), [`hints`] (hinted handoff), [`staleness`] (CAP-6), [`session`] (CAP-7),
-//! [`http`] (the HTTP surface, the only module that knows HTTP).
+//! breakers), [`hints`] (hinted handoff), [`anti_entropy`] (HARD-6: background repair of
+//! every divergence), [`staleness`] (CAP-6), [`session`] (CAP-7), [`http`] (the HTTP
+//! surface, the only module that knows HTTP).
 
 #![forbid(unsafe_code)]
 
+pub mod anti_entropy;
 pub mod config;
 pub mod engine;
 pub mod hints;
@@ -221,14 +223,23 @@ pub async fn serve(
 }
 
 /// Background work until stopped: replica health probes (which also close breakers when
-/// a replica comes back) and hinted handoff.
+/// a replica comes back), hinted handoff, and anti-entropy rounds (a round in progress is
+/// abandoned at shutdown; it is idempotent and the next start runs another).
 async fn background(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let engine = &state.engine;
     let mut probe = tokio::time::interval(engine.config.health_interval);
     let mut handoff = tokio::time::interval(Duration::from_millis(200));
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     handoff.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ae_interval = engine.config.anti_entropy.interval;
+    let mut next_round = ae_interval.map(|i| tokio::time::Instant::now() + jittered(i));
     loop {
+        let round_due = async {
+            match next_round {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.changed() => return,
             _ = probe.tick() => engine.probe().await,
@@ -238,6 +249,18 @@ async fn background(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
                 }
                 engine.hints.publish_lag(engine.hlc.now_ms());
             }
+            () = round_due => {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = engine.anti_entropy_round() => {}
+                }
+                next_round = ae_interval.map(|i| tokio::time::Instant::now() + jittered(i));
+            }
         }
     }
+}
+
+/// `interval` ± 20 %, so gateways started together do not scan the replicas in step.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.8 + 0.4 * rand::random::<f64>())
 }

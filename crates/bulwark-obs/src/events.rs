@@ -360,3 +360,120 @@ impl Emit for ServiceStarted<'_> {
         );
     }
 }
+
+/// An anti-entropy round finished (`ANTI_ENTROPY_ROUND`): INFO when it repaired or found
+/// a conflict, DEBUG when the replicas were already in sync (it runs every 30 s).
+#[derive(Debug)]
+pub struct AntiEntropyRound<'a> {
+    /// The gateway that ran it.
+    pub service: &'a str,
+    /// `in_sync`, `repaired`, `conflict`, `incomplete` (bounds or errors left work for the
+    /// next round) or `skipped` (fewer than two replicas could be compared).
+    pub result: &'a str,
+    /// Replicas compared, comma-separated.
+    pub compared: &'a str,
+    /// Replicas left out (breaker OPEN, digest failed), comma-separated.
+    pub skipped: &'a str,
+    /// Digest buckets that differed.
+    pub divergent_buckets: usize,
+    /// Keys compared record by record.
+    pub keys_compared: usize,
+    /// Records written to replicas.
+    pub repaired: usize,
+    /// Keys with conflicting copies and no majority.
+    pub conflicts: usize,
+    /// Calls that failed.
+    pub errors: usize,
+    /// How long the round took.
+    pub duration: std::time::Duration,
+}
+
+impl Emit for AntiEntropyRound<'_> {
+    fn emit(self) {
+        let m = metrics();
+        m.anti_entropy_rounds
+            .with_label_values(&[self.result])
+            .inc();
+        if self.result != "skipped" {
+            m.anti_entropy_divergent_buckets
+                .with_label_values::<&str>(&[])
+                .set(i64::try_from(self.divergent_buckets).unwrap_or(i64::MAX));
+        }
+        let level = if self.repaired > 0 || self.conflicts > 0 || self.errors > 0 {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::DEBUG
+        };
+        event_at!(
+            level,
+            event = "ANTI_ENTROPY_ROUND",
+            service = self.service,
+            result = self.result,
+            compared = self.compared,
+            skipped = self.skipped,
+            divergent_buckets = self.divergent_buckets,
+            keys_compared = self.keys_compared,
+            repaired = self.repaired,
+            conflicts = self.conflicts,
+            errors = self.errors,
+            duration_ms = format!("{:.1}", self.duration.as_secs_f64() * 1000.0),
+        );
+    }
+}
+
+/// Anti-entropy wrote a record to a replica (`ANTI_ENTROPY_REPAIR`, DEBUG: a replica back
+/// from a long outage may need thousands; the round event sums them up).
+#[derive(Debug)]
+pub struct AntiEntropyRepair<'a> {
+    /// The replica repaired.
+    pub node: &'a str,
+    /// The key.
+    pub key: &'a str,
+    /// The version written.
+    pub version: &'a str,
+    /// `missing`, `stale` or `corrupt`.
+    pub reason: &'a str,
+}
+
+impl Emit for AntiEntropyRepair<'_> {
+    fn emit(self) {
+        metrics()
+            .anti_entropy_repairs
+            .with_label_values(&[self.node, self.reason])
+            .inc();
+        tracing::debug!(
+            event = "ANTI_ENTROPY_REPAIR",
+            node = self.node,
+            key = self.key,
+            version = self.version,
+            reason = self.reason,
+        );
+    }
+}
+
+/// Replicas hold different bytes for the same version of a key and no copy has a strict
+/// majority (`ANTI_ENTROPY_CONFLICT`, ERROR): corruption detected, left to an operator.
+#[derive(Debug)]
+pub struct AntiEntropyConflict<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The version the replicas disagree about.
+    pub version: &'a str,
+    /// Each holder as `replica:hash`, comma-separated.
+    pub holders: &'a str,
+}
+
+impl Emit for AntiEntropyConflict<'_> {
+    fn emit(self) {
+        metrics()
+            .anti_entropy_conflicts
+            .with_label_values::<&str>(&[])
+            .inc();
+        tracing::error!(
+            event = "ANTI_ENTROPY_CONFLICT",
+            key = self.key,
+            version = self.version,
+            holders = self.holders,
+        );
+    }
+}

@@ -39,6 +39,17 @@ pub struct Metrics {
     pub node_commands: IntCounterVec,
     /// `node_fsync_seconds`: duration of storage fsyncs (group commits).
     pub node_fsync: Histogram,
+    /// `anti_entropy_rounds_total{result}`: anti-entropy rounds by result (`in_sync`,
+    /// `repaired`, `conflict`, `incomplete`, `skipped`).
+    pub anti_entropy_rounds: IntCounterVec,
+    /// `anti_entropy_repairs_total{node,reason}`: records written to a replica by
+    /// anti-entropy, by reason (`missing`, `stale`, `corrupt`).
+    pub anti_entropy_repairs: IntCounterVec,
+    /// `anti_entropy_conflicts_total`: keys whose replicas hold different bytes for the
+    /// same version with no majority (detected, not repaired).
+    pub anti_entropy_conflicts: IntCounterVec,
+    /// `anti_entropy_divergent_buckets`: digest buckets that differed in the last round.
+    pub anti_entropy_divergent_buckets: IntGaugeVec,
 }
 
 /// Buckets from 100 µs to 10 s: fine enough to see a 1 ms p99.
@@ -161,6 +172,30 @@ impl Metrics {
                 "node_commands_total",
                 "RESP commands served by a storage node.",
                 &["command"],
+            ),
+            anti_entropy_rounds: counter(
+                &registry,
+                "anti_entropy_rounds_total",
+                "Anti-entropy rounds by result: in_sync, repaired, conflict, incomplete, skipped.",
+                &["result"],
+            ),
+            anti_entropy_repairs: counter(
+                &registry,
+                "anti_entropy_repairs_total",
+                "Records written to a replica by anti-entropy, by reason: missing, stale, corrupt.",
+                &["node", "reason"],
+            ),
+            anti_entropy_conflicts: counter(
+                &registry,
+                "anti_entropy_conflicts_total",
+                "Keys whose replicas hold different bytes for one version, with no majority.",
+                &[],
+            ),
+            anti_entropy_divergent_buckets: gauge(
+                &registry,
+                "anti_entropy_divergent_buckets",
+                "Digest buckets that differed between replicas in the last anti-entropy round.",
+                &[],
             ),
             node_fsync,
             registry,

@@ -10,6 +10,9 @@ the reply shapes of the native BW.* commands of a `bulwark node`, and are called
     FCALL bw_prepare 1 <key> <version> <coordinator> <tomb 0|1> <value>
     FCALL bw_commit  1 <key> <version>
     FCALL bw_abort   1 <key> <version>
+    FCALL bw_repair  1 <key> <version> <tomb 0|1> <value>
+    FCALL bw_digest  0 <cursor> <count>
+    FCALL bw_buckets 0 <cursor> <count> <bucket> [<bucket> ...]
     FCALL bw_format  0                      -> layout version (integer)
 
 Each call runs atomically (Redis runs one function at a time), so no WATCH/MULTI is needed.
@@ -165,6 +168,101 @@ local function bw_abort(keys, args)
   return 0
 end
 
+-- Anti-entropy repair: as bw_put, but a record of the same version whose bytes differ
+-- (a corrupt copy) is replaced too. [applied 0|1, committed_version|nil]
+local function bw_repair(keys, args)
+  local version, tomb, value = args[1], args[2], args[3]
+  local err = check_key(keys) or bad_version(version) or bad_tomb(tomb)
+  if err then return redis.error_reply(err) end
+  if tomb == '1' then value = '' end
+  value = value or ''
+  local h = hash_of(keys)
+  local cur = redis.call('HMGET', h, 'v', 'd', 't')
+  if cur[1] and (version < cur[1] or (version == cur[1] and cur[2] == value and cur[3] == tomb)) then
+    return { 0, cur[1] }
+  end
+  redis.call('HSET', h, 'v', version, 'd', value, 't', tomb)
+  return { 1, version }
+end
+
+--[[
+Anti-entropy digest (docs/ARCHITECTURE.md, "Anti-entropy"; bulwark-core's `ae` module
+defines the same values in Rust). A user key K's bucket is the first 3 hex digits of
+SHA-1(K); its committed record (version V, tombstone flag T, value D, "" for tombstones)
+hashes to the first 16 hex digits of SHA-1(K .. "\0" .. V .. "\0" .. T .. D). Lua numbers
+cannot hold 64 bits, so a bucket's XOR is kept as two 32-bit halves (the `bit` library).
+
+Both functions walk the key space with SCAN in chunks (<cursor> <count>), so one call
+blocks the server only for one chunk; the caller loops until the cursor is "0".
+]]
+local function record_of(hash_name)
+  local ok, c = pcall(redis.call, 'HMGET', hash_name, 'v', 'd', 't')
+  if not ok or not c[1] then return nil end
+  local key = string.sub(hash_name, 4)
+  local tomb = c[3] or '0'
+  local h = redis.sha1hex(key .. '\0' .. c[1] .. '\0' .. tomb .. (c[2] or ''))
+  local bucket = tonumber(string.sub(redis.sha1hex(key), 1, 3), 16)
+  return key, c[1], tomb, string.sub(h, 1, 16), bucket
+end
+
+local function scan_args(args)
+  local cursor, count = args[1], tonumber(args[2])
+  if type(cursor) ~= 'string' or not string.match(cursor, '^[0-9]+$') then
+    return nil, 'ERR invalid cursor'
+  end
+  if not count or count < 1 or count > 100000 then
+    return nil, 'ERR invalid count: expected 1..100000'
+  end
+  return redis.call('SCAN', cursor, 'MATCH', 'bw:*', 'COUNT', count)
+end
+
+-- [next_cursor, [bucket, xor (16 hex digits), bucket, xor, ...]] for this chunk
+local function bw_digest(keys, args)
+  local page, err = scan_args(args)
+  if not page then return redis.error_reply(err) end
+  local hi, lo, order = {}, {}, {}
+  for _, name in ipairs(page[2]) do
+    local key, _, _, h, b = record_of(name)
+    if key then
+      if not hi[b] then
+        hi[b], lo[b] = 0, 0
+        order[#order + 1] = b
+      end
+      hi[b] = bit.bxor(hi[b], tonumber(string.sub(h, 1, 8), 16))
+      lo[b] = bit.bxor(lo[b], tonumber(string.sub(h, 9, 16), 16))
+    end
+  end
+  local out = {}
+  for _, b in ipairs(order) do
+    out[#out + 1] = b
+    out[#out + 1] = bit.tohex(hi[b], 8) .. bit.tohex(lo[b], 8)
+  end
+  return { page[1], out }
+end
+
+-- [next_cursor, [[key, version, tomb 0|1, hash (16 hex digits)], ...]] for the committed
+-- records of this chunk that fall in the given buckets
+local function bw_buckets(keys, args)
+  local wanted = {}
+  for i = 3, #args do
+    local b = tonumber(args[i])
+    if not b or b < 0 or b > 4095 or b ~= math.floor(b) then
+      return redis.error_reply('ERR invalid bucket: expected an integer in 0..4095')
+    end
+    wanted[b] = true
+  end
+  local page, err = scan_args(args)
+  if not page then return redis.error_reply(err) end
+  local out = {}
+  for _, name in ipairs(page[2]) do
+    local key, version, tomb, h, b = record_of(name)
+    if key and wanted[b] then
+      out[#out + 1] = { key, version, tonumber(tomb), h }
+    end
+  end
+  return { page[1], out }
+end
+
 local function bw_format(keys, args)
   return FORMAT
 end
@@ -174,4 +272,7 @@ redis.register_function{ function_name = 'bw_put', callback = bw_put }
 redis.register_function{ function_name = 'bw_prepare', callback = bw_prepare }
 redis.register_function{ function_name = 'bw_commit', callback = bw_commit }
 redis.register_function{ function_name = 'bw_abort', callback = bw_abort }
+redis.register_function{ function_name = 'bw_repair', callback = bw_repair }
+redis.register_function{ function_name = 'bw_digest', callback = bw_digest, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'bw_buckets', callback = bw_buckets, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'bw_format', callback = bw_format, flags = { 'no-writes' } }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bulwark_core::ae::{AeEntry, Digest};
 use bulwark_core::{ReplicaState, Version};
 use redis::aio::MultiplexedConnection;
 use redis::io::tcp::TcpSettings;
@@ -22,6 +23,10 @@ pub const LUA_LIBRARY: &str = include_str!("../lua/bulwark.lua");
 /// The key layout version `FCALL bw_format 0` returns for [`LUA_LIBRARY`].
 pub const LUA_FORMAT: i64 = 1;
 
+/// Keys a Redis replica scans per anti-entropy call (`SCAN … COUNT`): small enough that
+/// one call blocks the server for a millisecond or so.
+const SCAN_CHUNK: usize = 1000;
+
 /// Requests in flight on one connection at most; later ones wait (within their timeout).
 const MAX_IN_FLIGHT: usize = 1024;
 
@@ -33,6 +38,7 @@ enum Op {
     Prepare,
     Commit,
     Abort,
+    Repair,
 }
 
 impl Op {
@@ -43,6 +49,7 @@ impl Op {
             Op::Prepare => "BW.PREPARE",
             Op::Commit => "BW.COMMIT",
             Op::Abort => "BW.ABORT",
+            Op::Repair => "BW.REPAIR",
         }
     }
 
@@ -53,6 +60,7 @@ impl Op {
             Op::Prepare => "bw_prepare",
             Op::Commit => "bw_commit",
             Op::Abort => "bw_abort",
+            Op::Repair => "bw_repair",
         }
     }
 }
@@ -218,6 +226,94 @@ impl ReplicaClient {
         let mut cmd = self.command(Op::Abort, key, 1, 0);
         cmd.arg(&version_wire(version)[..]);
         reply::existed(self.exec(&cmd).await?)
+    }
+
+    /// Anti-entropy repair (`BW.REPAIR`): as [`ReplicaClient::put`], but also replaces a
+    /// committed record of the same version whose bytes differ (a corrupt copy).
+    pub async fn repair(
+        &self,
+        key: &[u8],
+        version: Version,
+        value: Option<&[u8]>,
+    ) -> Result<PutReply, ReplicaError> {
+        let body = value.unwrap_or_default();
+        let mut cmd = self.command(Op::Repair, key, 3, body.len());
+        cmd.arg(&version_wire(version)[..])
+            .arg(tomb_flag(value))
+            .arg(body);
+        reply::put(self.exec(&cmd).await?)
+    }
+
+    /// The replica's anti-entropy digest of its committed records: one `BW.DIGEST` on a
+    /// node; on Redis, `FCALL bw_digest` over `SCAN` chunks until the cursor returns to
+    /// 0 (each chunk bounded by the timeout). A write between chunks may or may not be
+    /// counted; the next round sees it.
+    pub async fn digest(&self) -> Result<Digest, ReplicaError> {
+        match self.inner.dialect {
+            Dialect::Bulwark => {
+                let mut cmd = Cmd::with_capacity(1, 16);
+                cmd.arg("BW.DIGEST");
+                reply::digest(self.exec(&cmd).await?)
+            }
+            Dialect::Redis => {
+                let mut digest = Digest::default();
+                let mut cursor = "0".to_owned();
+                loop {
+                    let mut cmd = Cmd::with_capacity(5, 64);
+                    cmd.arg("FCALL")
+                        .arg("bw_digest")
+                        .arg(0)
+                        .arg(&cursor)
+                        .arg(SCAN_CHUNK);
+                    let (next, items) = reply::page(self.exec(&cmd).await?)?;
+                    reply::digest_chunk(items, &mut digest)?;
+                    if next == "0" {
+                        return Ok(digest);
+                    }
+                    cursor = next;
+                }
+            }
+        }
+    }
+
+    /// The committed records in `buckets` (each in `0..4096`), as anti-entropy compares
+    /// them: `BW.BUCKETS` on a node, a chunked `FCALL bw_buckets` scan on Redis.
+    pub async fn bucket_entries(&self, buckets: &[u16]) -> Result<Vec<AeEntry>, ReplicaError> {
+        let mut out = Vec::new();
+        if buckets.is_empty() {
+            return Ok(out);
+        }
+        match self.inner.dialect {
+            Dialect::Bulwark => {
+                let mut cmd = Cmd::with_capacity(1 + buckets.len(), 8 * buckets.len() + 16);
+                cmd.arg("BW.BUCKETS");
+                for b in buckets {
+                    cmd.arg(*b);
+                }
+                reply::ae_entries(self.exec(&cmd).await?, &mut out)?;
+                Ok(out)
+            }
+            Dialect::Redis => {
+                let mut cursor = "0".to_owned();
+                loop {
+                    let mut cmd = Cmd::with_capacity(5 + buckets.len(), 8 * buckets.len() + 64);
+                    cmd.arg("FCALL")
+                        .arg("bw_buckets")
+                        .arg(0)
+                        .arg(&cursor)
+                        .arg(SCAN_CHUNK);
+                    for b in buckets {
+                        cmd.arg(*b);
+                    }
+                    let (next, items) = reply::page(self.exec(&cmd).await?)?;
+                    reply::ae_entries(items, &mut out)?;
+                    if next == "0" {
+                        return Ok(out);
+                    }
+                    cursor = next;
+                }
+            }
+        }
     }
 
     /// The command for `op` on `key`, with room for `extra_args` more arguments of about

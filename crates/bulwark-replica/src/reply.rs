@@ -2,6 +2,7 @@
 //! form. Every function here takes a reply by value (so values move into `Bytes` without
 //! a copy) and refuses anything that is not exactly the documented shape.
 
+use bulwark_core::ae::{AE_BUCKETS, AeEntry, DIGEST_WIRE_LEN, Digest};
 use bulwark_core::{PendingRef, Record, ReplicaState, Version};
 use bytes::Bytes;
 use redis::Value;
@@ -168,6 +169,84 @@ pub(crate) fn existed(v: Value) -> Result<bool, ReplicaError> {
     flag(v, "integer 0|1")
 }
 
+/// `BW.DIGEST`: one bulk string of [`DIGEST_WIRE_LEN`] bytes.
+pub(crate) fn digest(v: Value) -> Result<Digest, ReplicaError> {
+    match v {
+        Value::BulkString(b) => Digest::from_wire(&b).ok_or_else(|| {
+            ReplicaError::Protocol(format!(
+                "expected a {DIGEST_WIRE_LEN}-byte digest, got {} bytes",
+                b.len()
+            ))
+        }),
+        other => Err(protocol("a digest bulk string", &other)),
+    }
+}
+
+/// `[next_cursor, items]` of a chunked scan (`bw_digest`, `bw_buckets`).
+pub(crate) fn page(v: Value) -> Result<(String, Value), ReplicaError> {
+    let [cursor, items] = array::<2>(v, "[next_cursor, items]")?;
+    let cursor = match cursor {
+        Value::Int(n) => n.to_string(),
+        other => text(other, "a cursor")?,
+    };
+    if cursor.is_empty() || !cursor.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ReplicaError::Protocol(format!("bad cursor {cursor:.40}")));
+    }
+    Ok((cursor, items))
+}
+
+fn hash16(v: Value, what: &str) -> Result<u64, ReplicaError> {
+    let t = text(v, what)?;
+    if t.len() != 16 {
+        return Err(ReplicaError::Protocol(format!("{what}: {t:.40}")));
+    }
+    u64::from_str_radix(&t, 16).map_err(|_| ReplicaError::Protocol(format!("{what}: {t:.40}")))
+}
+
+/// `bw_digest`'s items: `[bucket, xor (16 hex digits), …]`, merged into `into`.
+pub(crate) fn digest_chunk(items: Value, into: &mut Digest) -> Result<(), ReplicaError> {
+    let Value::Array(items) = items else {
+        return Err(protocol("a digest chunk", &items));
+    };
+    if items.len() % 2 != 0 {
+        return Err(ReplicaError::Protocol("odd digest chunk".into()));
+    }
+    let mut it = items.into_iter();
+    while let (Some(bucket), Some(hash)) = (it.next(), it.next()) {
+        let bucket = match bucket {
+            Value::Int(b) => u16::try_from(b)
+                .ok()
+                .filter(|b| usize::from(*b) < AE_BUCKETS),
+            _ => None,
+        }
+        .ok_or_else(|| ReplicaError::Protocol("bad bucket in digest chunk".into()))?;
+        into.add(bucket, hash16(hash, "bucket xor")?);
+    }
+    Ok(())
+}
+
+/// `[[key, version, tomb 0|1, hash (16 hex digits)], …]` (`BW.BUCKETS`, `bw_buckets`).
+pub(crate) fn ae_entries(items: Value, into: &mut Vec<AeEntry>) -> Result<(), ReplicaError> {
+    let Value::Array(items) = items else {
+        return Err(protocol("a list of bucket entries", &items));
+    };
+    into.reserve(items.len());
+    for item in items {
+        let [key, version, tomb, hash] = array::<4>(item, "[key, version, tomb, hash]")?;
+        let Value::BulkString(key) = key else {
+            return Err(protocol("a key", &key));
+        };
+        into.push(AeEntry {
+            key: Bytes::from(key),
+            version: version_opt(version, "entry version")?
+                .ok_or_else(|| ReplicaError::Protocol("nil entry version".into()))?,
+            tombstone: flag(tomb, "tombstone flag 0|1")?,
+            hash: hash16(hash, "record hash")?,
+        });
+    }
+    Ok(())
+}
+
 /// `PONG` (simple or bulk string).
 pub(crate) fn pong(v: Value) -> Result<(), ReplicaError> {
     match v {
@@ -269,6 +348,51 @@ mod tests {
         let weird = Value::Array(vec![bulk(b"MAYBE"), Value::Nil]);
         assert!(matches!(prepare(weird), Err(ReplicaError::Protocol(_))));
         assert!(existed(Value::Int(5)).is_err());
+    }
+
+    #[test]
+    fn parses_anti_entropy_replies() {
+        let mut d = Digest::default();
+        d.add(7, 0xdead_beef_0000_0001);
+        assert_eq!(digest(bulk(&d.to_wire())).expect("valid"), d);
+        assert!(digest(bulk(b"short")).is_err());
+
+        let (cursor, items) =
+            page(Value::Array(vec![bulk(b"17"), Value::Array(vec![])])).expect("page");
+        assert_eq!(cursor, "17");
+        assert_eq!(items, Value::Array(vec![]));
+        assert!(page(Value::Array(vec![bulk(b"x1"), Value::Array(vec![])])).is_err());
+
+        let mut merged = Digest::default();
+        digest_chunk(
+            Value::Array(vec![Value::Int(7), bulk(b"deadbeef00000001")]),
+            &mut merged,
+        )
+        .expect("chunk");
+        assert_eq!(merged, d);
+        for bad in [
+            Value::Array(vec![Value::Int(4096), bulk(b"deadbeef00000001")]),
+            Value::Array(vec![Value::Int(1), bulk(b"xyz")]),
+            Value::Array(vec![Value::Int(1)]),
+        ] {
+            assert!(digest_chunk(bad, &mut merged).is_err());
+        }
+
+        let mut entries = Vec::new();
+        ae_entries(
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"k\x00"),
+                bulk(V1.as_bytes()),
+                Value::Int(1),
+                bulk(b"00000000000000ff"),
+            ])]),
+            &mut entries,
+        )
+        .expect("entries");
+        assert_eq!(&entries[0].key[..], b"k\x00");
+        assert!(entries[0].tombstone);
+        assert_eq!(entries[0].hash, 0xff);
+        assert!(ae_entries(Value::Array(vec![Value::Int(1)]), &mut entries).is_err());
     }
 
     #[test]

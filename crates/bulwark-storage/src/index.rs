@@ -115,6 +115,17 @@ impl Index {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Handles to the committed records of shard `shard` (keys and values are
+    /// reference-counted: nothing is copied), taken under the shard's lock.
+    pub fn committed_in_shard(&self, shard: usize) -> Vec<(Bytes, Committed)> {
+        let map = self.shards[shard]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.iter()
+            .filter_map(|(k, e)| e.committed.clone().map(|c| (k.clone(), c)))
+            .collect()
+    }
+
     /// Every shard, in order (no deadlock with single-shard holders).
     pub fn lock_all(&self) -> Vec<MutexGuard<'_, Map>> {
         self.shards

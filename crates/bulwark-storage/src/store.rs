@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bulwark_core::ae::{self, AeEntry, Digest};
 use bulwark_core::{Hlc, PendingRef, Record, ReplicaState, SystemClock, Version};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -150,6 +151,15 @@ pub struct PutReply {
     pub applied: bool,
     /// The committed version after the put.
     pub committed: Option<Version>,
+}
+
+/// When a put replaces the committed record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Overwrite {
+    /// Only with a newer version (last-write-wins).
+    Newer,
+    /// With a newer version, or the same version and different bytes (repair).
+    NewerOrDifferent,
 }
 
 /// Counters for `INFO`.
@@ -540,13 +550,35 @@ impl Store {
         Ok(state)
     }
 
-    /// Last-write-wins (BW.PUT): makes `(version, value)` the committed record if
-    /// `version` is newer than the committed one. `value` `None` is a tombstone.
+    /// Last-write-wins put (`BW.PUT`): commits `(version, value)` if `version` is newer
+    /// than the committed version. Follows the `appendfsync` policy through the ticket.
     pub fn put(
         &self,
         key: &[u8],
         version: Version,
         value: Option<&[u8]>,
+    ) -> Result<(PutReply, Ticket), StorageError> {
+        self.put_if(key, version, value, Overwrite::Newer)
+    }
+
+    /// Anti-entropy repair (`BW.REPAIR`): like [`Store::put`], but also replaces a
+    /// committed record of the *same* version whose bytes differ (a corrupt copy; versions
+    /// are unique per write, so equal versions must carry equal bytes).
+    pub fn repair(
+        &self,
+        key: &[u8],
+        version: Version,
+        value: Option<&[u8]>,
+    ) -> Result<(PutReply, Ticket), StorageError> {
+        self.put_if(key, version, value, Overwrite::NewerOrDifferent)
+    }
+
+    fn put_if(
+        &self,
+        key: &[u8],
+        version: Version,
+        value: Option<&[u8]>,
+        rule: Overwrite,
     ) -> Result<(PutReply, Ticket), StorageError> {
         check_key(key)?;
         self.check_open()?;
@@ -557,12 +589,19 @@ impl Store {
         let mut map = self.inner.index.shard(key);
         let e = map.get(key);
         let seen = self.observed(e);
-        let current = e.and_then(|e| e.committed.as_ref()).map(|c| c.version);
-        if current.is_some_and(|c| c >= version) {
+        let current = e.and_then(|e| e.committed.as_ref());
+        let applies = match (current, rule) {
+            (None, _) => true,
+            (Some(c), Overwrite::Newer) => version > c.version,
+            (Some(c), Overwrite::NewerOrDifferent) => {
+                version > c.version || (version == c.version && c.value.as_deref() != value)
+            }
+        };
+        if !applies {
             return Ok((
                 PutReply {
                     applied: false,
-                    committed: current,
+                    committed: current.map(|c| c.version),
                 },
                 seen,
             ));
@@ -575,6 +614,53 @@ impl Store {
             },
             self.inner.dur.issue(false).merge(seen),
         ))
+    }
+
+    /// This replica's anti-entropy digest of its committed records (`BW.DIGEST`), computed
+    /// by scanning the index now. Each shard is locked only to copy its records' handles
+    /// (reference-counted, no value copied); hashing happens outside the locks. CPU-bound:
+    /// call it from a blocking context in async code.
+    ///
+    /// The digest may reflect a commit whose fsync is still in flight: it only steers
+    /// anti-entropy, which copies values through [`Store::get_state`] (a durable read).
+    pub fn digest(&self) -> Digest {
+        let mut digest = Digest::default();
+        for shard in 0..index::SHARDS {
+            for (key, c) in self.inner.index.committed_in_shard(shard) {
+                digest.add_record(&key, c.version, c.value.as_deref());
+            }
+        }
+        digest
+    }
+
+    /// Committed records in `buckets` (`BW.BUCKETS`), as `(key, version, tombstone,
+    /// record hash)`, at most `limit` of them (the caller asks for fewer buckets when the
+    /// limit is hit). Same caveats as [`Store::digest`].
+    pub fn bucket_entries(&self, buckets: &[u16], limit: usize) -> Vec<AeEntry> {
+        let mut wanted = vec![false; bulwark_core::ae::AE_BUCKETS];
+        for b in buckets {
+            if let Some(w) = wanted.get_mut(usize::from(*b)) {
+                *w = true;
+            }
+        }
+        let mut out = Vec::new();
+        for shard in 0..index::SHARDS {
+            for (key, c) in self.inner.index.committed_in_shard(shard) {
+                if !wanted[usize::from(ae::bucket(&key))] {
+                    continue;
+                }
+                if out.len() == limit {
+                    return out;
+                }
+                out.push(AeEntry {
+                    hash: ae::record_hash(&key, c.version, c.value.as_deref()),
+                    key,
+                    version: c.version,
+                    tombstone: c.value.is_none(),
+                });
+            }
+        }
+        out
     }
 
     /// Plain SET: commits `value` at a version from the node's clock, newer than whatever

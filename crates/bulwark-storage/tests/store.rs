@@ -707,3 +707,96 @@ async fn writes_that_add_data_are_refused_above_max_memory() {
         "the value was freed"
     );
 }
+
+#[tokio::test]
+async fn repair_overwrites_newer_or_differing_copies_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = open(tmp.path(), Appendfsync::No);
+    // Missing key: applies.
+    let (r, _) = s.repair(b"k", v(10), Some(b"good")).unwrap();
+    assert!(r.applied);
+    // Same version, same bytes: nothing to do.
+    let (r, t) = s.repair(b"k", v(10), Some(b"good")).unwrap();
+    assert!(!r.applied && t.is_none());
+    // Same version, different bytes (a corrupt copy): replaced, where BW.PUT refuses.
+    let (r, _) = s.put(b"k", v(10), Some(b"evil")).unwrap();
+    assert!(!r.applied);
+    let (r, _) = s.repair(b"k", v(10), Some(b"fixed")).unwrap();
+    assert!(r.applied);
+    assert_eq!(s.get(b"k").await.unwrap().as_deref(), Some(&b"fixed"[..]));
+    // Older versions never apply; a newer tombstone does.
+    let (r, _) = s.repair(b"k", v(9), Some(b"old")).unwrap();
+    assert_eq!((r.applied, r.committed), (false, Some(v(10))));
+    let (r, _) = s.repair(b"k", v(11), None).unwrap();
+    assert!(r.applied);
+    assert_eq!(s.get(b"k").await.unwrap(), None);
+    // Pending writes are untouched by repair.
+    s.prepare(b"p", v(20), "db_g1", Some(b"x")).await.unwrap();
+    let _ = s.repair(b"p", v(15), Some(b"y")).unwrap();
+    let state = s.get_state(b"p").await.unwrap();
+    assert_eq!(state.pending.len(), 1);
+    assert_eq!(state.committed.unwrap().version, v(15));
+}
+
+#[tokio::test]
+async fn digest_reflects_committed_records_and_lists_buckets() {
+    use bulwark_core::ae::{self, Digest};
+
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(a_dir.path(), Appendfsync::No);
+    let b = open(b_dir.path(), Appendfsync::No);
+    assert_eq!(
+        a.digest(),
+        Digest::default(),
+        "an empty store has the zero digest"
+    );
+
+    // The same records, written in a different order and by different paths, give the
+    // same digest; pending writes do not count.
+    for i in 0..200u64 {
+        let _ = a
+            .put(
+                format!("k{i}").as_bytes(),
+                v(i + 1),
+                Some(format!("v{i}").as_bytes()),
+            )
+            .unwrap();
+    }
+    let _ = a.put(b"gone", v(5), None).unwrap();
+    for i in (0..200u64).rev() {
+        let _ = b
+            .repair(
+                format!("k{i}").as_bytes(),
+                v(i + 1),
+                Some(format!("v{i}").as_bytes()),
+            )
+            .unwrap();
+    }
+    b.prepare(b"gone", v(4), "db_g1", Some(b"x")).await.unwrap();
+    let _ = b.repair(b"gone", v(5), None).unwrap();
+    b.prepare(b"undecided", v(9), "db_g1", Some(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(a.digest(), b.digest());
+
+    // One differing record shows up in exactly its bucket, and listing that bucket
+    // finds it with its version and hash on each side.
+    let _ = b.repair(b"k7", v(8), Some(b"corrupt")).unwrap();
+    let (da, db) = (a.digest(), b.digest());
+    assert_eq!(Digest::differing(&[&da, &db]), vec![ae::bucket(b"k7")]);
+    let bucket = ae::bucket(b"k7");
+    let on_a = a.bucket_entries(&[bucket], 1000);
+    let on_b = b.bucket_entries(&[bucket], 1000);
+    let find = |list: &[ae::AeEntry]| list.iter().find(|e| &e.key[..] == b"k7").cloned().unwrap();
+    let (ea, eb) = (find(&on_a), find(&on_b));
+    assert_eq!((ea.version, eb.version), (v(8), v(8)));
+    assert_ne!(ea.hash, eb.hash);
+    assert_eq!(ea.hash, ae::record_hash(b"k7", v(8), Some(b"v7")));
+    assert!(on_a.iter().all(|e| ae::bucket(&e.key) == bucket));
+    let gone = a.bucket_entries(&[ae::bucket(b"gone")], 1000);
+    assert!(gone.iter().any(|e| &e.key[..] == b"gone" && e.tombstone));
+    // The listing is bounded.
+    let all: Vec<u16> = (0..ae::AE_BUCKETS as u16).collect();
+    assert_eq!(a.bucket_entries(&all, 10).len(), 10);
+    assert_eq!(a.bucket_entries(&all, 1000).len(), 201);
+}

@@ -67,6 +67,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/circuit-breaker", get(circuit_breaker))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::document))
+        .route("/v1/admin/anti-entropy", post(anti_entropy))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), shed))
@@ -149,6 +150,7 @@ fn operation(method: &Method, route: Option<&str>) -> &'static str {
         (Some("/circuit-breaker"), _) => "circuit_breaker",
         (Some("/metrics"), _) => "metrics",
         (Some("/openapi.json"), _) => "openapi",
+        (Some("/v1/admin/anti-entropy"), _) => "anti_entropy",
         _ => "other",
     }
 }
@@ -213,6 +215,15 @@ async fn circuit_breaker(State(state): State<Arc<AppState>>) -> Response {
         })
         .collect();
     axum::Json(body).into_response()
+}
+
+/// Runs an anti-entropy round now and returns its summary (HARD-6). The round is
+/// bounded like the periodic ones (`ANTI_ENTROPY_MAX_BUCKETS`, `ANTI_ENTROPY_MAX_KEYS`,
+/// `ANTI_ENTROPY_TIMEOUT_SEC` per call); `"result":"incomplete"` means call again.
+#[utoipa::path(post, path = "/v1/admin/anti-entropy",
+    responses((status = 200, description = "What the round did", body = crate::anti_entropy::RoundSummary)))]
+pub(crate) async fn anti_entropy(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(state.engine.anti_entropy_round().await).into_response()
 }
 
 async fn metrics() -> Response {

@@ -1,4 +1,4 @@
-//! `GET /openapi.json`: the OpenAPI document of the `/v1` API, generated from the
+//! `GET /openapi.json`: the OpenAPI document of the `/v1` API (data and admin), generated from the
 //! handlers' annotations so it cannot drift from the code.
 
 use axum::Json;
@@ -10,7 +10,7 @@ use utoipa::OpenApi;
         title = "Bulwark CAP service",
         description = "Key-value gateway over N replicas with per-request consistency (AP, CP, quorum). Errors are {\"error\":{\"code\",\"message\",\"request_id\"}}."
     ),
-    paths(super::v1::get, super::v1::put, super::v1::delete),
+    paths(super::v1::get, super::v1::put, super::v1::delete, super::anti_entropy),
     components(schemas(super::v1::PutBody))
 )]
 struct ApiDoc;

@@ -7,17 +7,24 @@
 //! | `BW.PREPARE` | key version coordinator tomb value | `["OK"\|"STALE"\|"BUSY", committed_version\|nil]` |
 //! | `BW.COMMIT` | key version | `1` if it was pending, else `0` |
 //! | `BW.ABORT` | key version | `1` if it was pending, else `0` |
+//! | `BW.REPAIR` | key version tomb value | as `BW.PUT`; also replaces a same-version copy whose bytes differ |
+//! | `BW.DIGEST` | — | the anti-entropy digest: 4096 buckets × 8 bytes, big-endian, one bulk string |
+//! | `BW.BUCKETS` | bucket… (0–4095) | `[[key, version, tomb 0\|1, hash (16 hex digits)], …]` for committed records in those buckets |
 //!
 //! Versions are 24 lowercase hex digits; `tomb` is `0` or `1` (with `1`, the value
 //! argument may be omitted and is ignored). Error messages match the Redis function
 //! library (`bulwark.lua`), so both dialects fail alike. PREPARE, COMMIT and ABORT reply
 //! only once durable; PUT follows `appendfsync` through the batch's ticket. BW.GET (like
 //! GET) replies only once the protocol changes it shows are durable, through the same
-//! ticket.
+//! ticket. `BW.DIGEST` and `BW.BUCKETS` scan the whole index (anti-entropy, see
+//! `docs/ARCHITECTURE.md`), on a blocking thread so the runtime keeps serving.
 
 use bulwark_core::Version;
+use bulwark_core::ae::AE_BUCKETS;
 use bulwark_resp::encode;
 use bytes::{Bytes, BytesMut};
+
+use bulwark_storage::{PutReply, StorageError, Store, Ticket};
 
 use super::{CmdResult, Flow, err, wrong_arity};
 use crate::server::Shared;
@@ -95,6 +102,18 @@ pub(super) fn get(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdRes
 }
 
 pub(super) fn put(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    put_with(shared, args, out, Store::put)
+}
+
+pub(super) fn repair(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    put_with(shared, args, out, Store::repair)
+}
+
+/// A store write with `BW.PUT`'s arguments: [`Store::put`] or [`Store::repair`].
+type PutOp = fn(&Store, &[u8], Version, Option<&[u8]>) -> Result<(PutReply, Ticket), StorageError>;
+
+/// `BW.PUT` and `BW.REPAIR`: the same arguments and reply, a different overwrite rule.
+fn put_with(shared: &Shared, args: &[Bytes], out: &mut BytesMut, op: PutOp) -> CmdResult {
     if !(4..=5).contains(&args.len()) {
         return wrong_arity(args, out);
     }
@@ -105,11 +124,57 @@ pub(super) fn put(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdRes
         Ok(v) => v,
         Err(msg) => return err(out, msg),
     };
-    let (reply, ticket) = shared.store.put(&args[1], ver, v)?;
+    let (reply, ticket) = op(&shared.store, &args[1], ver, v)?;
     encode::array_len(out, 2);
     encode::integer(out, i64::from(reply.applied));
     put_version(out, reply.committed);
     Ok(Flow::written(ticket))
+}
+
+/// Most records one `BW.BUCKETS` reply lists; callers ask for a few buckets at a time, so
+/// this only guards against a pathological key distribution.
+const MAX_BUCKET_ENTRIES: usize = 1_000_000;
+
+pub(super) async fn digest(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    if args.len() != 1 {
+        return wrong_arity(args, out);
+    }
+    let store = shared.store.clone();
+    let digest = tokio::task::spawn_blocking(move || store.digest())
+        .await
+        .map_err(|_| StorageError::Closed)?;
+    encode::bulk(out, &digest.to_wire());
+    Ok(Flow::default())
+}
+
+pub(super) async fn buckets(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    if args.len() < 2 {
+        return wrong_arity(args, out);
+    }
+    let mut buckets = Vec::with_capacity(args.len() - 1);
+    for a in &args[1..] {
+        match std::str::from_utf8(a)
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+        {
+            Some(b) if usize::from(b) < AE_BUCKETS => buckets.push(b),
+            _ => return err(out, "ERR invalid bucket: expected an integer in 0..4095"),
+        }
+    }
+    let store = shared.store.clone();
+    let entries =
+        tokio::task::spawn_blocking(move || store.bucket_entries(&buckets, MAX_BUCKET_ENTRIES))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+    encode::array_len(out, entries.len());
+    for e in &entries {
+        encode::array_len(out, 4);
+        encode::bulk(out, &e.key);
+        put_version(out, Some(e.version));
+        encode::integer(out, i64::from(e.tombstone));
+        encode::bulk(out, format!("{:016x}", e.hash).as_bytes());
+    }
+    Ok(Flow::default())
 }
 
 pub(super) async fn prepare(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {

@@ -47,12 +47,15 @@ pub enum Cmd {
     BwPrepare,
     BwCommit,
     BwAbort,
+    BwRepair,
+    BwDigest,
+    BwBuckets,
     Unknown,
 }
 
 /// Names as clients send them (matched case-insensitively) and as metric labels
 /// (lower case), in [`Cmd`] order.
-const TABLE: [(&str, Cmd); 23] = [
+const TABLE: [(&str, Cmd); 26] = [
     ("ping", Cmd::Ping),
     ("echo", Cmd::Echo),
     ("get", Cmd::Get),
@@ -75,6 +78,9 @@ const TABLE: [(&str, Cmd); 23] = [
     ("bw.prepare", Cmd::BwPrepare),
     ("bw.commit", Cmd::BwCommit),
     ("bw.abort", Cmd::BwAbort),
+    ("bw.repair", Cmd::BwRepair),
+    ("bw.digest", Cmd::BwDigest),
+    ("bw.buckets", Cmd::BwBuckets),
     ("unknown", Cmd::Unknown),
 ];
 
@@ -184,6 +190,9 @@ pub async fn execute(
         Cmd::BwPrepare => bw::prepare(shared, args, out).await,
         Cmd::BwCommit => bw::commit(shared, args, out).await,
         Cmd::BwAbort => bw::abort(shared, args, out).await,
+        Cmd::BwRepair => bw::repair(shared, args, out),
+        Cmd::BwDigest => bw::digest(shared, args, out).await,
+        Cmd::BwBuckets => bw::buckets(shared, args, out).await,
         Cmd::Unknown => {
             unknown(args, out);
             Ok(Flow::default())

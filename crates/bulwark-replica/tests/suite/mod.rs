@@ -54,6 +54,8 @@ macro_rules! protocol_suite {
             pending_writes_are_listed_oldest_first,
             keys_are_binary_safe_and_independent,
             concurrent_calls_share_one_connection,
+            repair_replaces_missing_older_and_corrupt_copies,
+            digest_and_buckets_match_the_reference_definition,
         );
     };
     (@cases $start:expr; $($case:ident),* $(,)?) => {
@@ -334,4 +336,122 @@ pub async fn concurrent_calls_share_one_connection(c: &ReplicaClient) {
 /// Keeps any value alive as a [`Started::guard`].
 pub fn guard<T: Send + 'static>(t: T) -> Box<dyn Any + Send> {
     Box::new(t)
+}
+
+pub async fn repair_replaces_missing_older_and_corrupt_copies(c: &ReplicaClient) {
+    let applied = |r: PutReply| r.applied;
+    assert!(applied(
+        c.repair(b"k", v(2), Some(b"good"))
+            .await
+            .expect("repair missing")
+    ));
+    assert!(!applied(
+        c.repair(b"k", v(2), Some(b"good"))
+            .await
+            .expect("same copy")
+    ));
+    assert!(!applied(
+        c.repair(b"k", v(1), Some(b"old")).await.expect("older")
+    ));
+    // BW.PUT refuses an equal version; BW.REPAIR replaces a copy whose bytes differ.
+    assert!(!applied(
+        c.put(b"k", v(2), Some(b"other")).await.expect("put equal")
+    ));
+    assert!(applied(
+        c.repair(b"k", v(2), Some(b"fixed"))
+            .await
+            .expect("repair equal")
+    ));
+    let s = c.get(b"k").await.expect("get");
+    assert_eq!(
+        s.committed.expect("committed").value.as_deref(),
+        Some(&b"fixed"[..])
+    );
+    // A tombstone of the same version differs from a value, and is repaired too.
+    assert!(applied(
+        c.repair(b"k", v(2), None)
+            .await
+            .expect("repair to tombstone")
+    ));
+    assert_eq!(
+        c.get(b"k").await.expect("get").committed.expect("c").value,
+        None
+    );
+    // Pending writes are left alone.
+    assert_eq!(
+        c.prepare(b"p", v(5), "db_g1", Some(b"x"))
+            .await
+            .expect("prepare"),
+        PrepareReply::Ok
+    );
+    assert!(applied(
+        c.repair(b"p", v(3), Some(b"y"))
+            .await
+            .expect("repair under pending")
+    ));
+    let s = c.get(b"p").await.expect("get");
+    assert_eq!(s.pending.len(), 1);
+    assert_eq!(s.committed_version(), v(3));
+}
+
+/// Both dialects compute exactly `bulwark_core::ae`'s digest: checked against the
+/// reference computed here from the records written, over enough keys that a Redis
+/// replica needs several SCAN chunks.
+pub async fn digest_and_buckets_match_the_reference_definition(c: &ReplicaClient) {
+    use bulwark_core::ae::{self, Digest};
+
+    assert_eq!(c.digest().await.expect("empty digest"), Digest::default());
+    let mut reference = Digest::default();
+    let keys: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..2500u32)
+        .map(|i| {
+            let value = (i % 10 != 0).then(|| format!("value-{i}").into_bytes());
+            (format!("key-{i}").into_bytes(), value)
+        })
+        .collect();
+    for chunk in keys.chunks(250) {
+        let puts = chunk
+            .iter()
+            .map(|(k, val)| c.put(k, v(u64::from(k.len() as u32)), val.as_deref()));
+        for r in futures::future::join_all(puts).await {
+            assert!(r.expect("put").applied);
+        }
+    }
+    for (k, val) in &keys {
+        reference.add_record(k, v(u64::from(k.len() as u32)), val.as_deref());
+    }
+    // A pending write and a binary key count as the protocol says (pending: not at all).
+    c.prepare(b"undecided", v(9), "db_g1", Some(b"x"))
+        .await
+        .expect("prepare");
+    let binary = binary_value();
+    c.put(&binary, v(1), Some(&binary))
+        .await
+        .expect("binary put");
+    reference.add_record(&binary, v(1), Some(&binary));
+
+    let digest = c.digest().await.expect("digest");
+    assert_eq!(digest, reference);
+
+    let bucket = ae::bucket(b"key-7");
+    let entries = c.bucket_entries(&[bucket]).await.expect("buckets");
+    assert!(!entries.is_empty());
+    assert!(entries.iter().all(|e| ae::bucket(&e.key) == bucket));
+    let e = entries
+        .iter()
+        .find(|e| &e.key[..] == b"key-7")
+        .expect("key-7 listed");
+    assert_eq!(e.version, v(5));
+    assert_eq!(e.hash, ae::record_hash(b"key-7", v(5), Some(b"value-7")));
+    let tomb = ae::bucket(b"key-10");
+    let entries = c.bucket_entries(&[tomb]).await.expect("buckets");
+    assert!(
+        entries
+            .iter()
+            .any(|e| &e.key[..] == b"key-10" && e.tombstone)
+    );
+    let all: Vec<u16> = (0..ae::AE_BUCKETS as u16).collect();
+    assert_eq!(
+        c.bucket_entries(&all).await.expect("all").len(),
+        keys.len() + 1
+    );
 }
