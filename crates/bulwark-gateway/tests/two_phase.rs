@@ -80,7 +80,9 @@ impl Rig {
             .join(",")
     }
 
-    /// A gateway in `mode` over the proxies, with the tight timeouts these tests rely on.
+    /// A gateway in `mode` over the proxies, with the tight timeouts these tests rely on
+    /// (tight, but not so tight that a slow fsync on a busy disk looks like a fault: a
+    /// node fsyncs every prepare, and a shared CI disk has shown 200 ms ones).
     async fn gateway(&self, mode: &str, extra: &[(&str, &str)]) -> TestGateway {
         let mut s: Vec<(&str, String)> = vec![
             ("MODE", mode.into()),
@@ -90,8 +92,8 @@ impl Rig {
                 "SECRET_KEY",
                 "test-secret-key-shared-by-all-gateways".into(),
             ),
-            ("NETWORK_TIMEOUT_SEC", "0.2".into()),
-            ("IN_DOUBT_TIMEOUT_MS", "1000".into()),
+            ("NETWORK_TIMEOUT_SEC", "0.5".into()),
+            ("IN_DOUBT_TIMEOUT_MS", "2500".into()),
         ];
         s.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         TestGateway::start(&s).await
