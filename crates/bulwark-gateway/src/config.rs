@@ -64,6 +64,10 @@ pub struct GatewayConfig {
     /// Data requests served at once; beyond it requests are shed with 503 `OVERLOADED`
     /// and `Retry-After` rather than queued without bound. `MAX_IN_FLIGHT` (default 4096).
     pub max_in_flight: usize,
+    /// How long an AP write waits, after its first acknowledgement, for the other
+    /// replicas before answering (those still in flight are reported `pending` and
+    /// finished in the background). `AP_ACK_WAIT_MS` (default 1).
+    pub ap_ack_wait: Duration,
     /// Anti-entropy settings (`ANTI_ENTROPY_*`).
     pub anti_entropy: AntiEntropyConfig,
 }
@@ -189,6 +193,7 @@ impl GatewayConfig {
             in_doubt_timeout,
             max_hints: s.int_in("MAX_HINTS", 100_000usize, 1..=10_000_000)?,
             max_in_flight: s.int_in("MAX_IN_FLIGHT", 4096usize, 1..=1_000_000)?,
+            ap_ack_wait: Duration::from_millis(s.int_in("AP_ACK_WAIT_MS", 1u64, 0..=60_000)?),
             anti_entropy: AntiEntropyConfig {
                 interval: match s.int_in("ANTI_ENTROPY_INTERVAL_SEC", 30u64, 0..=86_400)? {
                     0 => None,

@@ -3,16 +3,20 @@
 //! This module knows nothing about HTTP. It turns "write this key in CP mode" into
 //! replica calls and returns a typed outcome; `http` maps outcomes to status codes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_core::{Hlc, PendingRef, Record, ReplicaState, Version};
 use bulwark_obs::events::{ApStaleRisk, CpAborted, Emit, RywViolation, WriteOutcomeUnknown};
 use bulwark_obs::metrics::metrics;
-use bulwark_replica::{PrepareReply, ReplicaClient};
+use bulwark_replica::{PrepareReply, PutReply, ReplicaClient, ReplicaError};
 use bulwark_resilience::retry::{RetryPolicy, backoff_delay};
 use bytes::Bytes;
+use futures::StreamExt as _;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use tokio::sync::Semaphore;
 
 use crate::anti_entropy::{AntiEntropy, RoundSummary};
@@ -29,6 +33,11 @@ const MAX_BACKGROUND_REPAIRS: usize = 64;
 /// Times a CP/quorum write is retried with a fresh version after a replica reported a
 /// newer committed version (`STALE`) or too many undecided writes (`BUSY`).
 const MAX_WRITE_ATTEMPTS: usize = 3;
+
+/// Writes whose slowest replica calls may finish after the client was answered (see
+/// [`Stragglers`]). Beyond this, a write waits for all its calls, as if no early answer
+/// were allowed, rather than leaving unbounded work behind.
+const MAX_STRAGGLING_WRITES: usize = 4096;
 
 /// Hints delivered per replica per handoff round.
 const HANDOFF_BATCH: usize = 256;
@@ -48,6 +57,28 @@ struct HandoffPace {
     next_at: tokio::time::Instant,
 }
 
+/// One call to one replica that owns everything it needs, so that it can finish after the
+/// request that started it has been answered: `(replica index, result)`.
+type ReplicaCall<T> = Pin<Box<dyn Future<Output = (usize, Result<T, CallError>)> + Send>>;
+
+/// Replica calls of a write still in flight when the client was answered: an AP write's
+/// slower replicas once one acknowledged and `AP_ACK_WAIT_MS` passed, or a quorum write's
+/// prepares beyond the W it needed (Dynamo and Cassandra answer after W, too). They are
+/// finished in the background, bounded by the replica timeout; a failure among them is
+/// handed off like any missed write.
+type Stragglers<T> = FuturesUnordered<ReplicaCall<T>>;
+
+/// What a two-phase write decided, for the prepares that answered after it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    /// Committed at the coordinator: commit late prepares.
+    Commit,
+    /// Aborted: abort late prepares.
+    Abort,
+    /// The coordinator's answer was lost: resolvers decide.
+    Undecided,
+}
+
 /// The outcome of a replicated write.
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
@@ -59,6 +90,10 @@ pub enum WriteOutcome {
         acked: Vec<String>,
         /// Replicas that missed it and will receive it by hinted handoff.
         behind: Vec<String>,
+        /// Replicas whose calls were still in flight when the write was answered (they
+        /// finish in the background; a failure then queues a hint and logs
+        /// `AP_STALE_RISK`).
+        pending: Vec<String>,
         /// The replica that decided the commit (CP and quorum).
         coordinator: Option<String>,
     },
@@ -143,6 +178,8 @@ pub struct Engine {
     handoff_pace: std::sync::Mutex<Vec<HandoffPace>>,
     /// Background comparison and repair of every replica's records (HARD-6).
     pub anti_entropy: AntiEntropy,
+    /// Bounds the writes whose straggling calls run in the background.
+    stragglers: Arc<Semaphore>,
 }
 
 /// `(replica index, its answer)` for the replicas that answered a read.
@@ -166,6 +203,7 @@ impl Engine {
         );
         Engine {
             anti_entropy,
+            stragglers: Arc::new(Semaphore::new(MAX_STRAGGLING_WRITES)),
             hlc: Hlc::new(config.writer_id, Default::default()),
             hints: Arc::new(Hints::new(names, config.max_hints)),
             set: Arc::new(set),
@@ -196,7 +234,7 @@ impl Engine {
         request_id: &str,
     ) -> WriteOutcome {
         let outcome = match mode {
-            Mode::Ap => self.write_ap(key, value).await,
+            Mode::Ap => self.write_ap(key, value, request_id).await,
             Mode::Cp | Mode::Quorum => self.write_2pc(key, value, mode).await,
         };
         let key_text = String::from_utf8_lossy(key);
@@ -251,30 +289,74 @@ impl Engine {
         outcome
     }
 
-    /// AP: last-write-wins put to every replica; success when one acknowledges.
-    async fn write_ap(&self, key: &[u8], value: Option<Bytes>) -> WriteOutcome {
+    /// Starts `call(client)` on every replica through its breaker, as owned futures.
+    fn call_all<T, Fut>(
+        &self,
+        op: &'static str,
+        call: impl Fn(ReplicaClient) -> Fut,
+    ) -> FuturesUnordered<ReplicaCall<T>>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, ReplicaError>> + Send + 'static,
+    {
+        self.set
+            .replicas
+            .iter()
+            .map(|r| {
+                let (set, i, fut) = (self.set.clone(), r.index, call(r.client.clone()));
+                Box::pin(async move { (i, set.call(&set.replicas[i], op, fut).await) })
+                    as ReplicaCall<T>
+            })
+            .collect()
+    }
+
+    /// AP: last-write-wins put to every replica; success when one acknowledges. The
+    /// answer waits at most `AP_ACK_WAIT_MS` after the first acknowledgement for the other
+    /// replicas (so that a stopped replica is reported `behind` at once, while a slow or
+    /// hung one does not hold the answer back); calls still in flight then are reported
+    /// `pending` and finished in the background.
+    async fn write_ap(&self, key: &[u8], value: Option<Bytes>, request_id: &str) -> WriteOutcome {
         let version = self.hlc.now();
-        let calls = self.set.replicas.iter().map(|r| {
-            self.set
-                .call(r, "put", r.client.put(key, version, value.as_deref()))
+        let key = Bytes::copy_from_slice(key);
+        let mut calls = self.call_all("put", |c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(&key, version, value.as_deref()).await }
         });
-        let results = join_all(calls).await;
+        let mut results: Vec<Option<Result<PutReply, CallError>>> =
+            (0..self.set.len()).map(|_| None).collect();
+        let mut answer_by: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match answer_by {
+                None => calls.next().await,
+                Some(at) => match tokio::time::timeout_at(at, calls.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((i, result)) = next else { break };
+            if result.is_ok() && answer_by.is_none() {
+                answer_by = Some(tokio::time::Instant::now() + self.config.ap_ack_wait);
+            }
+            results[i] = Some(result);
+        }
         let mut acked = Vec::new();
         let mut behind = Vec::new();
+        let mut pending = Vec::new();
         let mut maybe_applied = false;
         let mut errors = Vec::new();
         for (i, res) in results.into_iter().enumerate() {
             match res {
-                Ok(reply) => {
+                Some(Ok(reply)) => {
                     self.hlc.observe(reply.committed);
                     acked.push(i);
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     maybe_applied |= !e.certainly_not_applied();
                     errors.push(format!("{}: {e}", self.set.replicas[i].name()));
-                    self.hints.add(i, key, version, value.clone());
+                    self.hints.add(i, &key, version, value.clone());
                     behind.push(i);
                 }
+                None => pending.push(i),
             }
         }
         if acked.is_empty() {
@@ -285,10 +367,49 @@ impl Engine {
                 WriteOutcome::Unavailable { reason }
             };
         }
+        if !calls.is_empty() {
+            match self.stragglers.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let (set, hints) = (self.set.clone(), self.hints.clone());
+                    let request_id = request_id.to_owned();
+                    tokio::spawn(async move {
+                        while let Some((i, result)) = calls.next().await {
+                            if result.is_err() {
+                                hints.add(i, &key, version, value.clone());
+                                ApStaleRisk {
+                                    request_id: &request_id,
+                                    key: &String::from_utf8_lossy(&key),
+                                    version: &version.to_string(),
+                                    behind: &[set.replicas[i].name().to_owned()],
+                                }
+                                .emit();
+                            }
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    // Too many writes already straggling: finish this one inline.
+                    pending.clear();
+                    while let Some((i, result)) = calls.next().await {
+                        match result {
+                            Ok(_) => acked.push(i),
+                            Err(_) => {
+                                self.hints.add(i, &key, version, value.clone());
+                                behind.push(i);
+                            }
+                        }
+                    }
+                    acked.sort_unstable();
+                    behind.sort_unstable();
+                }
+            }
+        }
         WriteOutcome::Committed {
             version,
             acked: self.names(acked),
             behind: self.names(behind),
+            pending: self.names(pending),
             coordinator: None,
         }
     }
@@ -328,21 +449,42 @@ impl Engine {
             let version = self.hlc.now();
             let started = tokio::time::Instant::now();
             let coord_name = coordinator.name();
-            let calls = self.set.replicas.iter().map(|r| {
-                self.set.call(
-                    r,
-                    "prepare",
-                    r.client.prepare(key, version, coord_name, value.as_deref()),
-                )
+            let key_owned = Bytes::copy_from_slice(key);
+            let mut calls = self.call_all("prepare", |c| {
+                let (key, value) = (key_owned.clone(), value.clone());
+                let coordinator = coord_name.to_owned();
+                async move {
+                    c.prepare(&key, version, &coordinator, value.as_deref())
+                        .await
+                }
             });
-            let results = join_all(calls).await;
+            // Prepares are gathered until W of them, the coordinator's included, succeed
+            // (then the rest are stragglers) or until all have answered.
+            let mut results: Vec<Option<Result<PrepareReply, CallError>>> =
+                (0..self.set.len()).map(|_| None).collect();
+            while let Some((i, result)) = calls.next().await {
+                results[i] = Some(result);
+                let ok = |r: &Option<Result<PrepareReply, CallError>>| {
+                    matches!(r, Some(Ok(PrepareReply::Ok)))
+                };
+                if results.iter().filter(|r| ok(r)).count() >= required
+                    && ok(&results[coordinator.index])
+                {
+                    break;
+                }
+            }
             let mut acked = Vec::new();
+            let mut pending = Vec::new();
             let mut to_abort = Vec::new();
             let mut retryable = false;
             let mut call_errors = 0;
             let mut hard_failures = Vec::new();
             for (i, res) in results.into_iter().enumerate() {
                 let name = self.set.replicas[i].name();
+                let Some(res) = res else {
+                    pending.push(i);
+                    continue;
+                };
                 match res {
                     Ok(PrepareReply::Ok) => acked.push(i),
                     Ok(PrepareReply::Stale { committed }) => {
@@ -366,12 +508,32 @@ impl Engine {
             let coordinator_acked = acked.contains(&coordinator.index);
             let in_time = started.elapsed() < self.config.prepare_deadline();
             if acked.len() >= required && coordinator_acked && in_time {
-                return self
-                    .commit(key, value, version, coordinator, acked, required)
+                let outcome = self
+                    .commit(
+                        key,
+                        value.clone(),
+                        version,
+                        coordinator,
+                        acked,
+                        pending,
+                        required,
+                    )
                     .await;
+                let decision = match outcome {
+                    WriteOutcome::Committed { .. } => Decision::Commit,
+                    WriteOutcome::Aborted { .. } => Decision::Abort,
+                    WriteOutcome::Unknown { .. } | WriteOutcome::Unavailable { .. } => {
+                        Decision::Undecided
+                    }
+                };
+                self.finish_prepares(calls, key_owned, version, value, decision)
+                    .await;
+                return outcome;
             }
             to_abort.extend(&acked);
             self.abort_everywhere(key, version, &to_abort).await;
+            self.finish_prepares(calls, key_owned, version, value.clone(), Decision::Abort)
+                .await;
             let reason = if !in_time {
                 "prepare phase exceeded its deadline".to_string()
             } else if !coordinator_acked && acked.len() >= required {
@@ -407,6 +569,8 @@ impl Engine {
     }
 
     /// Commits at the coordinator (the linearization point), then at the others.
+    /// `pending` are the replicas whose prepares were still in flight.
+    #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
         key: &[u8],
@@ -414,6 +578,7 @@ impl Engine {
         version: Version,
         coordinator: &Replica,
         acked: Vec<usize>,
+        pending: Vec<usize>,
         required: usize,
     ) -> WriteOutcome {
         match self
@@ -471,7 +636,9 @@ impl Engine {
             .copied()
             .filter(|i| *i != coordinator.index)
             .collect();
-        let behind: Vec<usize> = (0..self.set.len()).filter(|i| !acked.contains(i)).collect();
+        let behind: Vec<usize> = (0..self.set.len())
+            .filter(|i| !acked.contains(i) && !pending.contains(i))
+            .collect();
         for i in &behind {
             self.hints.add(*i, key, version, value.clone());
         }
@@ -495,7 +662,63 @@ impl Engine {
             version,
             acked: self.names(acked),
             behind: self.names(behind),
+            pending: self.names(pending),
             coordinator: Some(coordinator.name().to_string()),
+        }
+    }
+
+    /// Finishes a two-phase write's straggling prepares, in the background when a
+    /// [`MAX_STRAGGLING_WRITES`] permit is free (else before returning), applying the
+    /// write's decision: a late successful prepare is committed (or aborted) like the
+    /// others; a failed one, for a committed write, gets a hint. An undecided write is
+    /// left to resolvers, as for the replicas that were waited for.
+    async fn finish_prepares(
+        &self,
+        mut calls: Stragglers<PrepareReply>,
+        key: Bytes,
+        version: Version,
+        value: Option<Bytes>,
+        decision: Decision,
+    ) {
+        if calls.is_empty() {
+            return;
+        }
+        let commit = match decision {
+            Decision::Commit => true,
+            Decision::Abort => false,
+            Decision::Undecided => return,
+        };
+        let (set, hints) = (self.set.clone(), self.hints.clone());
+        let permit = self.stragglers.clone().try_acquire_owned();
+        let finish = async move {
+            while let Some((i, result)) = calls.next().await {
+                let r = &set.replicas[i];
+                let prepared = matches!(result, Ok(PrepareReply::Ok));
+                match (prepared, commit) {
+                    (true, true) => {
+                        let done = set.call(r, "commit", r.client.commit(&key, version)).await;
+                        if !matches!(done, Ok(true)) {
+                            hints.add(i, &key, version, value.clone());
+                        }
+                    }
+                    (true, false) => {
+                        let _ = set.call(r, "abort", r.client.abort(&key, version)).await;
+                    }
+                    (false, true) => {
+                        hints.add(i, &key, version, value.clone());
+                    }
+                    (false, false) => {}
+                }
+            }
+        };
+        match permit {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    finish.await;
+                    drop(permit);
+                });
+            }
+            Err(_) => finish.await,
         }
     }
 

@@ -30,7 +30,10 @@ async fn ap_write_then_read_is_consistent(backend: Backend) {
     let (status, body) = post(&c, format!("{}/write/PROD_ITEM/V1_AP_TEST", ap.url)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "success");
-    assert_eq!(body["acked_by"], serde_json::json!(["db_g1", "db_g2"]));
+    // Both healthy replicas acknowledged, or (on a loaded machine) one was still in flight
+    // when the AP write was answered: reported pending, never behind.
+    assert_eq!(acked_or_pending(&body), ["db_g1", "db_g2"], "{body}");
+    assert_eq!(body["behind"], serde_json::json!([]), "{body}");
     let (status, body) = get(&c, format!("{}/read/PROD_ITEM", ap.url)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["value"], "V1_AP_TEST");
@@ -53,7 +56,7 @@ async fn breaker_opens_after_three_failures_then_fails_fast(backend: Backend) {
     for (k, v) in [("TEST1", "V1"), ("TEST2", "V2"), ("TEST3", "V3")] {
         let (status, body) = post(&c, format!("{}/write/{k}/{v}", ap.url)).await;
         assert_eq!(status, 200, "AP keeps accepting writes: {body}");
-        assert_eq!(body["behind"], serde_json::json!(["db_g2"]));
+        assert_eq!(missed(&body), ["db_g2"], "{body}");
     }
     let (_, cb) = get(&c, format!("{}/circuit-breaker", ap.url)).await;
     assert_eq!(cb["db_g2"]["state"], "OPEN", "{cb}");
@@ -168,7 +171,7 @@ async fn read_your_writes_across_two_gateways(backend: Backend) {
     cluster.replicas[0].stop().await;
     let (status, body) = post(&me, format!("{}/write/SESSION_DATA/MY_VALUE", gw1.url)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["behind"], serde_json::json!(["db_g1"]));
+    assert_eq!(missed(&body), ["db_g1"], "{body}");
     gw1.shutdown().await.expect("clean shutdown");
     cluster.replicas[0].start_again().await;
 
@@ -271,7 +274,7 @@ async fn quorum_tolerates_a_minority(backend: Backend) {
     cluster.replicas[2].stop().await;
     let (status, body) = post(&c, format!("{}/write/Q/V1", q.url)).await;
     assert_eq!(status, 200, "2 of 3 is a quorum: {body}");
-    assert_eq!(body["behind"], serde_json::json!(["db_g3"]));
+    assert_eq!(missed(&body), ["db_g3"], "{body}");
     let (status, body) = get(&c, format!("{}/read/Q", q.url)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["value"], "V1");
@@ -432,12 +435,28 @@ async fn hung_and_garbage_replicas_are_failures_bounded_by_the_timeout() {
     for i in 0..3 {
         let (status, body) = post(&c, format!("{}/write/K{i}/V", gw.url)).await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(
-            body["behind"],
-            serde_json::json!(["db_hang", "db_garbage"]),
+        assert_eq!(body["acked_by"], serde_json::json!(["db_g1"]), "{body}");
+        assert_eq!(missed(&body), ["db_garbage", "db_hang"], "{body}");
+        // The AP write did not wait for the hung replica's timeout: it was answered
+        // with the call still in flight.
+        assert!(
+            names(&body["pending"]).contains(&"db_hang".to_owned()),
             "{body}"
         );
     }
+    // The hung replica's calls time out after the answers: each then queues a hint.
+    let hinted = wait_for(Duration::from_secs(15), || {
+        let (c, url) = (c.clone(), format!("{}/metrics", gw.url));
+        async move {
+            let text = c.get(url).send().await.expect("metrics").text().await;
+            text.is_ok_and(|t| t.contains(r#"hint_queue_depth{node="db_hang"} 3"#))
+        }
+    })
+    .await;
+    assert!(
+        hinted,
+        "the straggling writes to db_hang were not handed off"
+    );
     let (_, cb) = get(&c, format!("{}/circuit-breaker", gw.url)).await;
     assert_eq!(cb["db_hang"]["state"], "OPEN", "{cb}");
     assert_eq!(cb["db_garbage"]["state"], "OPEN", "{cb}");

@@ -29,6 +29,8 @@ both_backends!(
     sixteen_orphaned_writes_from_lost_commits_do_not_block_the_key,
     sixteen_orphaned_prepares_do_not_block_the_key,
     two_cp_gateways_racing_on_one_key_agree,
+    quorum_answers_at_w_and_commits_the_late_prepare_in_the_background,
+    ap_answers_without_waiting_for_a_slow_replica,
 );
 
 /// Generous bound for anything that waits on the in-doubt timeout (1 s) plus resolution.
@@ -48,7 +50,11 @@ struct Rig {
 
 impl Rig {
     async fn start(backend: Backend) -> Rig {
-        let cluster = TestCluster::start(backend, 2).await;
+        Rig::with_replicas(backend, 2).await
+    }
+
+    async fn with_replicas(backend: Backend, n: usize) -> Rig {
+        let cluster = TestCluster::start(backend, n).await;
         let mut proxies = Vec::new();
         let mut direct = Vec::new();
         for r in &cluster.replicas {
@@ -648,4 +654,67 @@ async fn two_cp_gateways_racing_on_one_key_agree(backend: Backend) {
         version_of(&body, &body["version"]) >= newest_acked,
         "{body}"
     );
+}
+
+/// A replica whose prepare is slow (but within the timeout) does not hold a quorum write
+/// back: it is answered once W = 2 prepares and the coordinator's commit are in, with the
+/// slow replica `pending`; the late prepare is then committed there in the background.
+async fn quorum_answers_at_w_and_commits_the_late_prepare_in_the_background(backend: Backend) {
+    let rig = Rig::with_replicas(backend, 3).await;
+    let gw = rig
+        .gateway(
+            "quorum",
+            &[
+                ("NETWORK_TIMEOUT_SEC", "3"),
+                ("IN_DOUBT_TIMEOUT_MS", "20000"),
+            ],
+        )
+        .await;
+    rig.on(2, "prepare", Action::Delay(Duration::from_millis(600)));
+    let c = client();
+    let (status, body) = post(&c, format!("{}/write/LATE/V1", gw.url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["acked_by"],
+        serde_json::json!(["db_g1", "db_g2"]),
+        "{body}"
+    );
+    assert_eq!(body["pending"], serde_json::json!(["db_g3"]), "{body}");
+    assert_eq!(body["behind"], serde_json::json!([]), "{body}");
+    let version = version_of(&body, &body["version"]);
+
+    let committed_late = wait_for(DEADLINE, || async {
+        let s = rig.state(2, "LATE").await;
+        s.committed_version() == version && s.pending.is_empty()
+    })
+    .await;
+    assert!(committed_late, "db_g3: {:?}", rig.state(2, "LATE").await);
+    assert_eq!(rig.proxies[2].counts(&rig.op("commit")), 1);
+}
+
+/// An AP write is answered after the first acknowledgement (and a short wait for the
+/// others), not after the slowest replica; the slow put still lands.
+async fn ap_answers_without_waiting_for_a_slow_replica(backend: Backend) {
+    let rig = Rig::start(backend).await;
+    let gw = rig
+        .gateway(
+            "ap",
+            &[
+                ("NETWORK_TIMEOUT_SEC", "3"),
+                ("IN_DOUBT_TIMEOUT_MS", "20000"),
+            ],
+        )
+        .await;
+    rig.on(1, "put", Action::Delay(Duration::from_millis(600)));
+    let c = client();
+    let (status, body) = post(&c, format!("{}/write/SLOW_AP/V1", gw.url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["acked_by"], serde_json::json!(["db_g1"]), "{body}");
+    assert_eq!(body["pending"], serde_json::json!(["db_g2"]), "{body}");
+    let version = version_of(&body, &body["version"]);
+    let landed = wait_for(DEADLINE, || async {
+        rig.state(1, "SLOW_AP").await.committed_version() == version
+    })
+    .await;
+    assert!(landed, "the slow replica never applied the write");
 }

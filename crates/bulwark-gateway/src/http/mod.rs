@@ -285,6 +285,7 @@ fn write_response(
         version,
         acked,
         behind,
+        pending,
         coordinator,
     } = outcome
     else {
@@ -308,6 +309,9 @@ fn write_response(
     });
     if let Some(c) = coordinator {
         body["coordinator"] = c.into();
+    }
+    if !pending.is_empty() {
+        body["pending"] = pending.into();
     }
     if !behind.is_empty() {
         body["warning"] = format!(

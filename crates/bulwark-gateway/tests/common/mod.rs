@@ -295,3 +295,34 @@ pub async fn wait_breaker(gw: &TestGateway, node: &str, state: &str) -> bool {
     })
     .await
 }
+
+/// The replica names in a JSON array (absent: none).
+pub fn names(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Replicas a write response says did not (yet) acknowledge: `behind` (failed) and
+/// `pending` (still in flight when the write was answered), sorted.
+pub fn missed(body: &Value) -> Vec<String> {
+    let mut out = names(&body["behind"]);
+    out.extend(names(&body["pending"]));
+    out.sort();
+    out
+}
+
+/// Replicas that acknowledged or were still in flight, sorted.
+pub fn acked_or_pending(body: &Value) -> Vec<String> {
+    let mut out = names(&body["acked_by"]);
+    out.extend(names(&body["pending"]));
+    out.sort();
+    out
+}
