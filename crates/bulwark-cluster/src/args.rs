@@ -51,6 +51,10 @@ pub struct UpArgs {
     /// How long a service may take to become healthy at start-up before `up` gives up.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub startup_timeout: u64,
+
+    /// Allow fault injection from the start (otherwise `bulwark chaos enable` is needed).
+    #[arg(long, env = "CHAOS_ENABLED", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub chaos: bool,
 }
 
 /// The storage engine behind each replica.

@@ -139,12 +139,19 @@ pub struct Topology {
     pub policy: Policy,
     /// Echo service logs to the terminal as a merged, readable stream.
     pub echo_logs: bool,
+    /// Initial state of the chaos safety switch (`--chaos`, `CHAOS_ENABLED`).
+    pub chaos: bool,
 }
 
 impl Topology {
     /// The directory of the per-service log files.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
+    }
+
+    /// The directory of the chaos controller's journal.
+    pub fn chaos_dir(&self) -> PathBuf {
+        self.data_dir.join("chaos")
     }
 
     /// The cluster `bulwark up` runs for these arguments; children are `exe` (the running
@@ -247,6 +254,7 @@ impl Topology {
                 ..Policy::default()
             },
             echo_logs: !args.quiet,
+            chaos: args.chaos,
         }
     }
 }
@@ -267,6 +275,7 @@ mod tests {
             quiet: false,
             appendfsync: Some(Appendfsync::Always),
             startup_timeout: 30,
+            chaos: false,
         }
     }
 

@@ -12,7 +12,10 @@ use nix::unistd::Pid;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use bulwark_chaos::{Controller, ControllerConfig};
+
 use crate::args::{Backend, UpArgs};
+use crate::chaos::SupervisedProcesses;
 use crate::control;
 use crate::logs;
 use crate::supervisor::Supervisor;
@@ -55,6 +58,9 @@ pub enum UpError {
         /// The start-up timeout.
         timeout: Duration,
     },
+    /// The chaos controller could not open its journal.
+    #[error("chaos controller: {0}")]
+    Chaos(#[from] bulwark_chaos::ChaosError),
     /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -120,6 +126,7 @@ pub async fn run(
 #[derive(Debug)]
 pub struct Cluster {
     supervisor: Arc<Supervisor>,
+    chaos: Controller,
     control_addr: SocketAddr,
     server: JoinHandle<()>,
     stop_server: CancellationToken,
@@ -135,6 +142,31 @@ impl Cluster {
         std::fs::create_dir_all(data_dir)
             .map_err(io_err(format!("cannot create {}", data_dir.display())))?;
         let lock = LockFile::acquire(data_dir)?;
+        // Before anything else: undo the faults a dead controller left in the journal
+        // (a process it paused may still be around; a burner's fill file still is).
+        let supervisor = Arc::new(Supervisor::new(topology));
+        let (chaos, recovered) = Controller::open(
+            ControllerConfig {
+                dir: topology.chaos_dir(),
+                enabled: topology.chaos,
+                cluster: crate::chaos::cluster_map(topology),
+            },
+            Arc::new(SupervisedProcesses(supervisor.clone())),
+        )
+        .await?;
+        for r in &recovered {
+            println!(
+                "bulwark up: chaos: {} {} on {} ({}) left by a previous controller",
+                if r.undone {
+                    "removed"
+                } else {
+                    "could NOT remove"
+                },
+                r.fault.kind,
+                r.fault.target,
+                r.fault.id
+            );
+        }
         // The control port is bound for real (and kept), the others only tried.
         let listener = tokio::net::TcpListener::bind(topology.control)
             .await
@@ -169,9 +201,9 @@ impl Cluster {
         let control_addr = listener
             .local_addr()
             .map_err(io_err("control API address"))?;
-        let supervisor = Arc::new(Supervisor::new(topology));
         let stop_server = CancellationToken::new();
-        let app = control::router(supervisor.clone());
+        let app =
+            control::router(supervisor.clone()).merge(bulwark_chaos::api::router(chaos.clone()));
         let stop = stop_server.clone();
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, app)
@@ -182,6 +214,7 @@ impl Cluster {
         });
         Ok(Cluster {
             supervisor,
+            chaos,
             control_addr,
             server,
             stop_server,
@@ -198,6 +231,11 @@ impl Cluster {
     /// The supervisor (for status and actions without going through HTTP).
     pub fn supervisor(&self) -> &Supervisor {
         &self.supervisor
+    }
+
+    /// The chaos controller.
+    pub fn chaos(&self) -> &Controller {
+        &self.chaos
     }
 
     /// Starts replicas, waits until they are healthy, then starts gateways and waits for
@@ -235,9 +273,11 @@ impl Cluster {
         })
     }
 
-    /// Stops gateways, then replicas (SIGTERM, SIGKILL after the stop timeout), then the
-    /// control API, and releases the lock.
+    /// Removes every active fault, stops gateways, then replicas (SIGTERM, SIGKILL after
+    /// the stop timeout), then the control API, and releases the lock.
     pub async fn shutdown(self) {
+        // Faults first: a paused replica would otherwise stall the gateways' drain.
+        self.chaos.shutdown().await;
         self.supervisor.shutdown().await;
         self.stop_server.cancel();
         let _ = tokio::time::timeout(API_DRAIN, self.server).await;

@@ -360,3 +360,106 @@ impl Emit for ServiceStarted<'_> {
         );
     }
 }
+
+/// The chaos controller applied or removed a fault (`CHAOS_FAULT`, WARNING: the cluster is
+/// being broken on purpose, and whoever reads the logs must be able to tell).
+#[derive(Debug)]
+pub struct ChaosFault<'a> {
+    /// The fault's id (`f-…`).
+    pub id: &'a str,
+    /// Its kind (`pause`, `latency`, `partition`, …).
+    pub kind: &'a str,
+    /// `applied` or `removed`.
+    pub phase: &'a str,
+    /// What it targets (`db_g2`, `app_ap.db_g2`, …).
+    pub target: &'a str,
+    /// Why it was removed (`ttl`, `rollback`, `disable`, `recovered`, `shutdown`); empty
+    /// when applied.
+    pub reason: &'a str,
+    /// Time to live when applied, in milliseconds.
+    pub ttl_ms: u64,
+}
+
+impl Emit for ChaosFault<'_> {
+    fn emit(self) {
+        let m = metrics();
+        if self.phase == "applied" {
+            m.chaos_faults_injected
+                .with_label_values(&[self.kind])
+                .inc();
+            m.chaos_faults_active.inc();
+        } else {
+            m.chaos_faults_removed
+                .with_label_values(&[self.reason])
+                .inc();
+            m.chaos_faults_active.dec();
+        }
+        tracing::warn!(
+            event = "CHAOS_FAULT",
+            id = self.id,
+            kind = self.kind,
+            phase = self.phase,
+            target = self.target,
+            reason = self.reason,
+            ttl_ms = self.ttl_ms,
+        );
+    }
+}
+
+/// A chaos experiment run finished (`CHAOS_EXPERIMENT`; INFO if it succeeded, WARNING
+/// otherwise).
+#[derive(Debug)]
+pub struct ChaosExperiment<'a> {
+    /// The run's id.
+    pub run_id: &'a str,
+    /// The experiment's title.
+    pub title: &'a str,
+    /// `succeeded`, `failed` or `aborted`.
+    pub outcome: &'a str,
+    /// Time to recover, when the steady state was measured after the faults.
+    pub recovery: Option<std::time::Duration>,
+}
+
+impl Emit for ChaosExperiment<'_> {
+    fn emit(self) {
+        let m = metrics();
+        m.chaos_experiments.with_label_values(&[self.outcome]).inc();
+        if let Some(r) = self.recovery {
+            m.chaos_recovery.observe(r.as_secs_f64());
+        }
+        let level = if self.outcome == "succeeded" {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        };
+        event_at!(
+            level,
+            event = "CHAOS_EXPERIMENT",
+            run_id = self.run_id,
+            title = self.title,
+            outcome = self.outcome,
+            recovery_ms = self.recovery.map(|r| r.as_millis() as u64),
+        );
+    }
+}
+
+/// The chaos controller could not undo part of a fault within its retry window
+/// (`CHAOS_UNDO_FAILED`, ERROR): the fault stays in the journal and the next controller
+/// start tries again.
+#[derive(Debug)]
+pub struct ChaosUndoFailed<'a> {
+    /// The undo step, as text.
+    pub step: &'a str,
+    /// Why it failed.
+    pub error: &'a str,
+}
+
+impl Emit for ChaosUndoFailed<'_> {
+    fn emit(self) {
+        tracing::error!(
+            event = "CHAOS_UNDO_FAILED",
+            step = self.step,
+            error = self.error,
+        );
+    }
+}

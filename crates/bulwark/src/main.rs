@@ -28,6 +28,18 @@ enum Command {
     Ctl(bulwark_cluster::CtlArgs),
     /// Load generators with HDR histograms.
     Bench(bulwark_bench::BenchArgs),
+    /// Chaos engineering: the safety switch, faults and experiments of a running `up`.
+    Chaos {
+        #[command(subcommand)]
+        command: ChaosCommand,
+    },
+}
+
+/// `bulwark chaos …`.
+#[derive(Subcommand, Debug)]
+enum ChaosCommand {
+    #[command(flatten)]
+    Control(bulwark_chaos::cli::ChaosCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +83,9 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Ctl(args) => bulwark_cluster::run_ctl(args).await,
             Command::Bench(args) => bulwark_bench::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Chaos { command } => match command {
+                ChaosCommand::Control(c) => bulwark_chaos::cli::run(c).await,
+            },
         }
     });
     match result {

@@ -1,0 +1,487 @@
+//! The chaos controller: the only component that applies or removes faults. It owns the
+//! rollback journal and enforces every fault's TTL (see `docs/ARCHITECTURE.md`, "Journal
+//! and TTL invariants").
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bulwark_obs::events::{ChaosFault, ChaosUndoFailed, Emit};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::ClusterMap;
+use crate::fault::{Fault, FaultError, FaultRequest, Undo};
+use crate::journal::{Entry, Journal, JournalError};
+use crate::processes::{ProcessError, Processes, start_ticks};
+
+/// How long removal keeps retrying an undo step whose target does not answer, before it
+/// leaves the fault in the journal for the next controller start.
+const UNDO_RETRY_FOR: Duration = Duration::from_secs(30);
+/// Pause between undo retries.
+const UNDO_RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the controller refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    /// Fault injection is disabled (the safety switch).
+    #[error(
+        "chaos is disabled: enable it with `bulwark chaos enable` (or start up with --chaos / CHAOS_ENABLED=true)"
+    )]
+    Disabled,
+    /// The fault does not fit the cluster or the limits.
+    #[error("invalid fault: {0}")]
+    Invalid(#[from] FaultError),
+    /// No active fault has this id.
+    #[error("no active fault '{0}'")]
+    NotFound(String),
+    /// Applying the fault failed; whatever part of it took effect was undone.
+    #[error("cannot apply {kind} on {target}: {message}")]
+    Apply {
+        /// Fault kind.
+        kind: String,
+        /// Its target.
+        target: String,
+        /// What failed.
+        message: String,
+    },
+    /// The journal cannot be written: no fault is applied without it.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The controller is stopping.
+    #[error("the chaos controller is shutting down")]
+    ShuttingDown,
+}
+
+/// A fault in effect, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ActiveFault {
+    /// Its id.
+    pub id: String,
+    /// Its kind (`pause`).
+    pub kind: String,
+    /// Its target (`db_g2`).
+    pub target: String,
+    /// The fault.
+    pub fault: Fault,
+    /// The run that asked for it.
+    pub run: Option<String>,
+    /// When it was applied (Unix ms).
+    pub applied_at_ms: u64,
+    /// When it expires (Unix ms).
+    pub expires_at_ms: u64,
+}
+
+impl ActiveFault {
+    fn of(e: &Entry) -> ActiveFault {
+        ActiveFault {
+            id: e.id.clone(),
+            kind: e.fault.kind().to_owned(),
+            target: e.fault.target(),
+            fault: e.fault.clone(),
+            run: e.run.clone(),
+            applied_at_ms: e.applied_at_ms,
+            expires_at_ms: e.expires_at_ms,
+        }
+    }
+}
+
+/// A fault removed at start-up because a previous controller left it in the journal.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovered {
+    /// The fault as journaled.
+    pub fault: ActiveFault,
+    /// Whether every undo step succeeded (otherwise it stays in the journal).
+    pub undone: bool,
+}
+
+/// What a controller needs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Directory of the journal (`<data-dir>/chaos`).
+    pub dir: PathBuf,
+    /// Initial state of the safety switch (`--chaos`, `CHAOS_ENABLED`).
+    pub enabled: bool,
+    /// The cluster it may break.
+    pub cluster: ClusterMap,
+}
+
+/// The controller. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cluster: ClusterMap,
+    processes: Arc<dyn Processes>,
+    enabled: AtomicBool,
+    journal: Mutex<Journal>,
+    active: Mutex<BTreeMap<String, Running>>,
+    /// Set when the controller stops: no new faults.
+    closed: AtomicBool,
+}
+
+/// A fault in effect and the token that ends its timer (and a crash loop's task).
+#[derive(Debug)]
+struct Running {
+    entry: Entry,
+    cancel: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Milliseconds since the Unix epoch (the journal's clock; TTL timers use Tokio's).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Controller {
+    /// Opens the journal and undoes every fault a previous controller left in it (invariant
+    /// 3) before returning; returns the controller and what it undid.
+    pub async fn open(
+        config: ControllerConfig,
+        processes: Arc<dyn Processes>,
+    ) -> Result<(Controller, Vec<Recovered>), ChaosError> {
+        let dir = config.dir.clone();
+        let (journal, leftover) = tokio::task::spawn_blocking(move || Journal::open(&dir))
+            .await
+            .map_err(|_| ChaosError::ShuttingDown)??;
+        let controller = Controller {
+            inner: Arc::new(Inner {
+                cluster: config.cluster,
+                processes,
+                enabled: AtomicBool::new(config.enabled),
+                journal: Mutex::new(journal),
+                active: Mutex::new(BTreeMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        };
+        let mut recovered = Vec::new();
+        for entry in leftover {
+            let undone = controller.undo_all(&entry.undo, true).await;
+            if undone {
+                controller.journal_removed(&entry.id, "recovered").await?;
+            }
+            recovered.push(Recovered {
+                fault: ActiveFault::of(&entry),
+                undone,
+            });
+        }
+        Ok((controller, recovered))
+    }
+
+    /// The cluster this controller breaks.
+    pub fn cluster(&self) -> &ClusterMap {
+        &self.inner.cluster
+    }
+
+    /// Whether faults may be injected.
+    pub fn enabled(&self) -> bool {
+        self.inner.enabled.load(Ordering::SeqCst)
+    }
+
+    /// Turns the safety switch on.
+    pub fn enable(&self) {
+        self.inner.enabled.store(true, Ordering::SeqCst);
+    }
+
+    /// Turns the safety switch off and removes every active fault (the big red button).
+    /// Returns how many were removed.
+    pub async fn disable(&self) -> usize {
+        self.inner.enabled.store(false, Ordering::SeqCst);
+        self.remove_where(|_| true, "disable").await
+    }
+
+    /// The faults in effect, oldest first.
+    pub fn active(&self) -> Vec<ActiveFault> {
+        let mut v: Vec<ActiveFault> = lock(&self.inner.active)
+            .values()
+            .map(|r| ActiveFault::of(&r.entry))
+            .collect();
+        v.sort_by(|a, b| (a.applied_at_ms, &a.id).cmp(&(b.applied_at_ms, &b.id)));
+        v
+    }
+
+    /// Journals, then applies, a fault; it is removed at its TTL at the latest.
+    pub async fn inject(&self, req: FaultRequest) -> Result<ActiveFault, ChaosError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(ChaosError::ShuttingDown);
+        }
+        if !self.enabled() {
+            return Err(ChaosError::Disabled);
+        }
+        req.validate(&self.inner.cluster)?;
+        let undo = self.plan(&req.fault)?;
+        let applied_at_ms = now_ms();
+        let entry = Entry {
+            id: format!("f-{:016x}", rand::random::<u64>()),
+            fault: req.fault.clone(),
+            undo,
+            run: req.run.clone(),
+            applied_at_ms,
+            expires_at_ms: applied_at_ms + req.ttl_ms,
+        };
+        // Invariant 1: durable before the first side effect.
+        self.journal_applied(&entry).await?;
+        let cancel = CancellationToken::new();
+        if let Err(message) = self.apply(&entry, &cancel).await {
+            cancel.cancel();
+            if self.undo_all(&entry.undo, false).await {
+                self.journal_removed(&entry.id, "failed").await?;
+            }
+            return Err(ChaosError::Apply {
+                kind: entry.fault.kind().to_owned(),
+                target: entry.fault.target(),
+                message,
+            });
+        }
+        let view = ActiveFault::of(&entry);
+        ChaosFault {
+            id: &entry.id,
+            kind: entry.fault.kind(),
+            phase: "applied",
+            target: &view.target,
+            reason: "",
+            ttl_ms: req.ttl_ms,
+        }
+        .emit();
+        lock(&self.inner.active).insert(
+            entry.id.clone(),
+            Running {
+                entry,
+                cancel: cancel.clone(),
+            },
+        );
+        let me = self.clone();
+        let id = view.id.clone();
+        let ttl = Duration::from_millis(req.ttl_ms);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(ttl) => { let _ = me.remove(&id, "ttl").await; }
+                () = cancel.cancelled() => {}
+            }
+        });
+        Ok(view)
+    }
+
+    /// Removes one active fault (its undo steps, then the journal record).
+    pub async fn remove(&self, id: &str, reason: &str) -> Result<ActiveFault, ChaosError> {
+        let running = lock(&self.inner.active)
+            .remove(id)
+            .ok_or_else(|| ChaosError::NotFound(id.to_owned()))?;
+        running.cancel.cancel();
+        let entry = running.entry;
+        let view = ActiveFault::of(&entry);
+        let undone = self.undo_all(&entry.undo, false).await;
+        let reason = if undone { reason } else { "undo_failed" };
+        if undone {
+            self.journal_removed(&entry.id, reason).await?;
+        }
+        ChaosFault {
+            id: &entry.id,
+            kind: entry.fault.kind(),
+            phase: "removed",
+            target: &view.target,
+            reason,
+            ttl_ms: entry.expires_at_ms.saturating_sub(entry.applied_at_ms),
+        }
+        .emit();
+        Ok(view)
+    }
+
+    /// Removes every active fault of `run`; returns how many.
+    pub async fn remove_run(&self, run: &str, reason: &str) -> usize {
+        self.remove_where(|e| e.run.as_deref() == Some(run), reason)
+            .await
+    }
+
+    async fn remove_where(&self, pick: impl Fn(&Entry) -> bool, reason: &str) -> usize {
+        let ids: Vec<String> = lock(&self.inner.active)
+            .values()
+            .filter(|r| pick(&r.entry))
+            .map(|r| r.entry.id.clone())
+            .collect();
+        let removals = ids.iter().map(|id| self.remove(id, reason));
+        futures::future::join_all(removals)
+            .await
+            .into_iter()
+            .filter(Result::is_ok)
+            .count()
+    }
+
+    /// Refuses new faults and removes every active one (`up` is stopping).
+    pub async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.remove_where(|_| true, "shutdown").await;
+    }
+
+    /// What removing `fault` will take, computed before it is applied.
+    fn plan(&self, fault: &Fault) -> Result<Vec<Undo>, ChaosError> {
+        let apply_err = |message: String| ChaosError::Apply {
+            kind: fault.kind().to_owned(),
+            target: fault.target(),
+            message,
+        };
+        Ok(match fault {
+            Fault::Kill { .. } | Fault::Restart { .. } | Fault::CrashLoop { .. } => Vec::new(),
+            Fault::Stop { service } => vec![Undo::Start {
+                service: service.clone(),
+            }],
+            Fault::Pause { service } => {
+                let pid = self
+                    .inner
+                    .processes
+                    .pid(service)
+                    .map_err(|e| apply_err(e.to_string()))?
+                    .ok_or_else(|| apply_err(format!("service '{service}' is not running")))?;
+                let ticks =
+                    start_ticks(pid).ok_or_else(|| apply_err(format!("process {pid} vanished")))?;
+                vec![Undo::Signal {
+                    service: service.clone(),
+                    pid,
+                    start_ticks: ticks,
+                    signal: Signal::SIGCONT.as_str().to_owned(),
+                }]
+            }
+        })
+    }
+
+    /// The fault's side effect.
+    async fn apply(&self, entry: &Entry, cancel: &CancellationToken) -> Result<(), String> {
+        let procs = &self.inner.processes;
+        let text = |e: ProcessError| e.to_string();
+        match &entry.fault {
+            Fault::Kill { service } => procs
+                .signal(service, Signal::SIGKILL, None)
+                .await
+                .map(drop)
+                .map_err(text),
+            Fault::Stop { service } => procs
+                .signal(service, Signal::SIGTERM, None)
+                .await
+                .map(drop)
+                .map_err(text),
+            Fault::Pause { service } => {
+                let pid = entry.undo.iter().find_map(|u| match u {
+                    Undo::Signal { pid, .. } => Some(*pid),
+                    _ => None,
+                });
+                procs
+                    .signal(service, Signal::SIGSTOP, pid)
+                    .await
+                    .map(drop)
+                    .map_err(text)
+            }
+            Fault::Restart { service } => procs.restart(service).await.map_err(text),
+            Fault::CrashLoop {
+                service,
+                interval_ms,
+            } => {
+                // The first kill is the fault taking effect; the loop ends with the fault.
+                procs
+                    .signal(service, Signal::SIGKILL, None)
+                    .await
+                    .map_err(text)?;
+                let procs = procs.clone();
+                let service = service.clone();
+                let every = Duration::from_millis(*interval_ms);
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            () = tokio::time::sleep(every) => {}
+                        }
+                        // Not running (restarting after the last kill) is expected.
+                        let _ = procs.signal(&service, Signal::SIGKILL, None).await;
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs undo steps, retrying failures for a while; true when all succeeded. During
+    /// recovery (`recovering`), services are about to be started by `up` anyway, so
+    /// `Start` steps have nothing to do.
+    async fn undo_all(&self, steps: &[Undo], recovering: bool) -> bool {
+        let mut all = true;
+        for step in steps {
+            let deadline = tokio::time::Instant::now() + UNDO_RETRY_FOR;
+            loop {
+                match self.undo(step, recovering).await {
+                    Ok(()) => break,
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        ChaosUndoFailed {
+                            step: &format!("{step:?}"),
+                            error: &e,
+                        }
+                        .emit();
+                        all = false;
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(UNDO_RETRY_EVERY).await,
+                }
+            }
+        }
+        all
+    }
+
+    async fn undo(&self, step: &Undo, recovering: bool) -> Result<(), String> {
+        match step {
+            Undo::Signal {
+                pid,
+                start_ticks: ticks,
+                signal,
+                ..
+            } => {
+                // Only the very process the fault hit; a new one (or none) needs nothing.
+                if start_ticks(*pid) != Some(*ticks) {
+                    return Ok(());
+                }
+                let sig: Signal = signal.parse().map_err(|_| format!("bad signal {signal}"))?;
+                let pid = i32::try_from(*pid).map_err(|_| format!("bad pid {pid}"))?;
+                match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+                    Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Undo::Start { service } => {
+                if recovering {
+                    return Ok(());
+                }
+                match self.inner.processes.start(service).await {
+                    Ok(()) | Err(ProcessError::Unknown(_)) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    async fn journal_applied(&self, entry: &Entry) -> Result<(), ChaosError> {
+        let inner = self.inner.clone();
+        let entry = entry.clone();
+        tokio::task::spawn_blocking(move || lock(&inner.journal).applied(&entry))
+            .await
+            .map_err(|_| ChaosError::ShuttingDown)?
+            .map_err(ChaosError::from)
+    }
+
+    async fn journal_removed(&self, id: &str, reason: &str) -> Result<(), ChaosError> {
+        let inner = self.inner.clone();
+        let (id, reason) = (id.to_owned(), reason.to_owned());
+        tokio::task::spawn_blocking(move || lock(&inner.journal).removed(&id, &reason, now_ms()))
+            .await
+            .map_err(|_| ChaosError::ShuttingDown)?
+            .map_err(ChaosError::from)
+    }
+}
