@@ -1,15 +1,22 @@
-//! `bulwark chaos enable|disable|status|inject|remove`: the safety switch and one-off faults,
-//! through the control API of a running `bulwark up`.
+//! `bulwark chaos run|enable|disable|status|inject|remove`: experiments, the safety switch
+//! and one-off faults, through the control API of a running `bulwark up`.
 //!
-//! Exit codes: 0 done; 1 the control API cannot be reached or refused the request (the
-//! reason is on stderr).
+//! Exit codes: 0 done (for `run`: the experiment succeeded); 1 the control API cannot be
+//! reached or refused the request, or the experiment failed or was aborted; 2 the
+//! experiment file is invalid (nothing was injected). The reason is on stderr.
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::client::{ChaosClient, ClientError, Status};
+use crate::cluster::ClusterMap;
 use crate::controller::ActiveFault;
+use crate::experiment;
 use crate::fault::{Fault, FaultRequest};
+use crate::report::RunStatus;
+use crate::runner::{self, Progress};
 
 /// Where the control API is, and the output format.
 #[derive(clap::Args, Debug, Clone)]
@@ -25,6 +32,9 @@ pub struct ControlOpts {
 /// The chaos subcommands that talk to the controller.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum ChaosCommand {
+    /// Run an experiment file (Chaos Toolkit format, JSON): steady state, method, rollbacks.
+    /// Ctrl-C removes its faults and runs its rollbacks before exiting.
+    Run(RunArgs),
     /// Allow fault injection on the running cluster.
     Enable(ControlOpts),
     /// Forbid fault injection and remove every active fault.
@@ -52,6 +62,19 @@ pub enum ChaosCommand {
     },
 }
 
+/// `bulwark chaos run FILE`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The experiment file.
+    pub file: PathBuf,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "chaos-report.json")]
+    pub report_file: PathBuf,
+    /// Control API and output options.
+    #[command(flatten)]
+    pub opts: ControlOpts,
+}
+
 /// `10`, `2.5`, `10s`, `500ms` → a duration.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -70,9 +93,14 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Runs one command.
-pub async fn run(command: ChaosCommand) -> anyhow::Result<ExitCode> {
+/// Runs one command; `interrupt` (Ctrl-C) ends a running experiment early, after its
+/// faults are removed and its rollbacks ran.
+pub async fn run(
+    command: ChaosCommand,
+    interrupt: impl Future<Output = String>,
+) -> anyhow::Result<ExitCode> {
     let result = match &command {
+        ChaosCommand::Run(args) => return Ok(run_file(args, interrupt).await),
         ChaosCommand::Enable(o) => switch(o, true).await,
         ChaosCommand::Disable(o) => switch(o, false).await,
         ChaosCommand::Status(o) => status(o).await,
@@ -148,6 +176,108 @@ async fn inject(fault: &str, ttl: Duration, o: &ControlOpts) -> Result<(), Clien
         );
     }
     Ok(())
+}
+
+/// An indicatif spinner on stderr (hidden when stderr is not a terminal).
+struct Spinner(indicatif::ProgressBar);
+
+impl Progress for Spinner {
+    fn step(&self, text: &str) {
+        self.0.set_message(text.to_owned());
+    }
+}
+
+async fn run_file(args: &RunArgs, interrupt: impl Future<Output = String>) -> ExitCode {
+    let file = args.file.display();
+    let text = match std::fs::read(&args.file) {
+        Ok(b) if b.len() > experiment::MAX_FILE_BYTES => {
+            eprintln!(
+                "bulwark: {file}: larger than {} bytes",
+                experiment::MAX_FILE_BYTES
+            );
+            return ExitCode::from(2);
+        }
+        Ok(b) => match String::from_utf8(b) {
+            Ok(t) => t,
+            Err(_) => {
+                eprintln!("bulwark: {file}: not UTF-8 text");
+                return ExitCode::from(2);
+            }
+        },
+        Err(e) => {
+            eprintln!("bulwark: cannot read {file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The shape is checked before the cluster is asked anything.
+    if let Err(e) = experiment::parse(&text) {
+        eprintln!("bulwark: {file}: {e}");
+        return ExitCode::from(2);
+    }
+    let client = ChaosClient::new(&args.opts.control);
+    let cluster: ClusterMap = match client
+        .call(reqwest::Method::GET, "/api/v1/chaos/cluster", None)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let plan = match experiment::load(&text, &cluster) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bulwark: {file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let run_id = runner::new_run_id();
+    bar.println(format!("running '{}' as {run_id}", plan.experiment.title));
+    let report = runner::run(
+        &plan,
+        &client,
+        &run_id,
+        async {
+            let why = interrupt.await;
+            eprintln!("bulwark: {why}: removing this run's faults and running its rollbacks");
+        },
+        &Spinner(bar.clone()),
+    )
+    .await;
+    bar.finish_and_clear();
+    // Count it in the controller's metrics; the run is over either way.
+    if let Ok(body) = serde_json::to_value(&report) {
+        let _ = client
+            .call::<serde_json::Value>(reqwest::Method::POST, "/api/v1/chaos/reports", Some(body))
+            .await;
+    }
+    match serde_json::to_string_pretty(&report) {
+        Ok(json) => {
+            if let Err(e) = std::fs::write(&args.report_file, format!("{json}\n")) {
+                eprintln!("bulwark: cannot write {}: {e}", args.report_file.display());
+            }
+            if args.opts.json {
+                println!("{json}");
+            }
+        }
+        Err(e) => eprintln!("bulwark: cannot encode the report: {e}"),
+    }
+    if !args.opts.json {
+        print!("{}", report.table());
+        println!("report: {}", args.report_file.display());
+    }
+    if report.status == RunStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn now_ms() -> u64 {

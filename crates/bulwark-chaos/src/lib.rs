@@ -18,9 +18,15 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod controller;
+pub mod experiment;
 pub mod fault;
 pub mod journal;
+pub mod locate;
+pub mod probes;
 pub mod processes;
+pub mod report;
+pub mod runner;
+pub mod tolerance;
 
 pub use cluster::{ClusterMap, Link, Node, ReplicaBackend};
 pub use controller::{ActiveFault, ChaosError, Controller, ControllerConfig, Recovered};

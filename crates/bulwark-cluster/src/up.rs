@@ -202,8 +202,10 @@ impl Cluster {
             .local_addr()
             .map_err(io_err("control API address"))?;
         let stop_server = CancellationToken::new();
-        let app =
-            control::router(supervisor.clone()).merge(bulwark_chaos::api::router(chaos.clone()));
+        let app = control::router(supervisor.clone()).merge(bulwark_chaos::api::router(
+            chaos.clone(),
+            &format!("http://{control_addr}"),
+        ));
         let stop = stop_server.clone();
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, app)

@@ -373,3 +373,150 @@ async fn a_restarted_controller_undoes_the_journal_left_by_a_dead_one() {
     let _ = orphan.kill();
     let _ = orphan.wait();
 }
+
+/// An experiment stored and run through the API: the steady state (a replica is healthy)
+/// holds before, a pause breaks it during the method (the probe sees it unhealthy), the
+/// controller ends the pause at its TTL, and the report times the recovery. The metrics
+/// count the run.
+#[tokio::test]
+async fn an_experiment_runs_through_the_api_and_reports_its_recovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, client) = started(dir.path(), true).await;
+    let control = format!("http://{}", cluster.control_addr());
+    let experiment = serde_json::json!({
+        "version": "1.0.0",
+        "title": "a paused replica recovers",
+        "steady-state-hypothesis": {"title": "db_g2 is healthy", "probes": [
+            {"type": "probe", "name": "db_g2 healthy", "tolerance": true,
+             "provider": {"type": "bulwark", "func": "service_status", "arguments": {"service": "db_g2"}}},
+            {"type": "probe", "name": "control API up", "tolerance": 200,
+             "provider": {"type": "http", "url": format!("{control}/api/v1/health")}}
+        ]},
+        "method": [
+            {"type": "action", "name": "pause db_g2",
+             "provider": {"type": "bulwark", "func": "pause", "arguments": {"service": "db_g2", "duration": 1.5}},
+             "pauses": {"after": 0.6}},
+            {"type": "probe", "name": "db_g2 unhealthy while paused", "tolerance": false,
+             "provider": {"type": "bulwark", "func": "service_status", "arguments": {"service": "db_g2"}}}
+        ],
+        "rollbacks": [
+            {"type": "action", "name": "start db_g2",
+             "provider": {"type": "bulwark", "func": "start_service", "arguments": {"service": "db_g2"}}}
+        ]
+    });
+    let created: serde_json::Value = client
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/chaos/experiments",
+            Some(experiment),
+        )
+        .await
+        .expect("create");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let started: serde_json::Value = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/chaos/experiments/{id}/run"),
+            None,
+        )
+        .await
+        .expect("run");
+    assert_eq!(started["status"], "running");
+    let report = wait_for("the run to finish", async || {
+        let e: serde_json::Value = client
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/chaos/experiments/{id}"),
+                None,
+            )
+            .await
+            .ok()?;
+        let r = e["runs"][0].clone();
+        (r["status"] != "running").then_some(r)
+    })
+    .await;
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    let results: Vec<(String, String)> = report["activities"]
+        .as_array()
+        .expect("activities")
+        .iter()
+        .map(|a| {
+            (
+                a["phase"].as_str().unwrap_or("").to_owned()
+                    + " "
+                    + a["name"].as_str().unwrap_or(""),
+                a["result"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        results.contains(&("method db_g2 unhealthy while paused".into(), "pass".into())),
+        "{results:?}"
+    );
+    assert!(
+        results.contains(&("after db_g2 healthy".into(), "pass".into())),
+        "{results:?}"
+    );
+    assert_eq!(report["impacted_services"], serde_json::json!(["db_g2"]));
+    assert!(
+        report["time_to_recover_ms"].as_u64().is_some(),
+        "{report:#}"
+    );
+    assert_eq!(report["faults"][0]["kind"], "pause");
+
+    let m: serde_json::Value = client
+        .call(reqwest::Method::GET, "/api/v1/chaos/metrics", None)
+        .await
+        .expect("metrics");
+    assert_eq!(
+        (
+            m["total_experiments"].as_u64(),
+            m["successful_experiments"].as_u64(),
+            m["faults_active"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{m}"
+    );
+    assert!(m["mean_recovery_time_ms"].as_f64().is_some());
+    let prom = reqwest::get(format!("{control}/api/v1/chaos/metrics?format=prometheus"))
+        .await
+        .expect("prometheus")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        prom.contains("chaos_experiments_total{outcome=\"succeeded\"} 1"),
+        "{prom}"
+    );
+    assert!(prom.contains("chaos_faults_active 0"), "{prom}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_malformed_experiment_is_refused_with_its_line_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cluster, client) = started(dir.path(), true).await;
+    let text = "{\n  \"title\": \"bad\",\n  \"method\": [\n    {\"type\": \"action\", \"name\": \"x\",\n     \"provider\": {\"type\": \"bulwark\", \"func\": \"pause\", \"arguments\": {\"service\": \"db_g7\", \"duration\": 5}}}\n  ]\n}";
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/v1/chaos/experiments",
+            cluster.control_addr()
+        ))
+        .body(text)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "INVALID_EXPERIMENT");
+    assert_eq!(body["error"]["line"], 5);
+    assert_eq!(
+        body["error"]["field"],
+        "method[0].provider.arguments.service"
+    );
+    assert!(
+        client.status().await.expect("status").active.is_empty(),
+        "nothing injected"
+    );
+    cluster.shutdown().await;
+}

@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             Command::Ctl(args) => bulwark_cluster::run_ctl(args).await,
             Command::Bench(args) => bulwark_bench::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Chaos { command } => match command {
-                ChaosCommand::Control(c) => bulwark_chaos::cli::run(c).await,
+                ChaosCommand::Control(c) => bulwark_chaos::cli::run(c, shutdown_signal()).await,
             },
         }
     });
