@@ -394,8 +394,8 @@ async fn an_experiment_runs_through_the_api_and_reports_its_recovery() {
         ]},
         "method": [
             {"type": "action", "name": "pause db_g2",
-             "provider": {"type": "bulwark", "func": "pause", "arguments": {"service": "db_g2", "duration": 1.5}},
-             "pauses": {"after": 0.6}},
+             "provider": {"type": "bulwark", "func": "pause", "arguments": {"service": "db_g2", "duration": 3}},
+             "pauses": {"after": 1.5}},
             {"type": "probe", "name": "db_g2 unhealthy while paused", "tolerance": false,
              "provider": {"type": "bulwark", "func": "service_status", "arguments": {"service": "db_g2"}}}
         ],
