@@ -28,6 +28,20 @@ enum Command {
     Ctl(bulwark_cluster::CtlArgs),
     /// Load generators with HDR histograms.
     Bench(bulwark_bench::BenchArgs),
+    /// Chaos engineering: fault injection.
+    Chaos(ChaosArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ChaosArgs {
+    #[command(subcommand)]
+    command: ChaosCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ChaosCommand {
+    /// Run a TCP fault proxy driven by a Toxiproxy-compatible HTTP API (default :8474).
+    Proxy(bulwark_faultproxy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +85,11 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Ctl(args) => bulwark_cluster::run_ctl(args).await,
             Command::Bench(args) => bulwark_bench::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Chaos(ChaosArgs { command }) => match command {
+                ChaosCommand::Proxy(args) => bulwark_faultproxy::run(args, shutdown_signal())
+                    .await
+                    .map(|()| ExitCode::SUCCESS),
+            },
         }
     });
     match result {
