@@ -463,3 +463,88 @@ impl Emit for ChaosUndoFailed<'_> {
         );
     }
 }
+
+/// A fault proxy was created, changed, enabled, disabled or deleted (`PROXY_CHANGED`, INFO;
+/// WARNING when it goes down, since clients lose their connections).
+#[derive(Debug)]
+pub struct ProxyChanged<'a> {
+    /// Proxy name.
+    pub proxy: &'a str,
+    /// `created`, `updated`, `enabled`, `disabled`, `deleted`, `replaced`.
+    pub action: &'a str,
+    /// Listening address.
+    pub listen: &'a str,
+    /// Upstream address.
+    pub upstream: &'a str,
+    /// Whether it accepts connections now.
+    pub enabled: bool,
+}
+
+impl Emit for ProxyChanged<'_> {
+    fn emit(self) {
+        if self.action == "deleted" {
+            let _ = metrics()
+                .fault_proxy_toxics
+                .remove_label_values(&[self.proxy]);
+        }
+        let level = if self.enabled {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        };
+        event_at!(
+            level,
+            event = "PROXY_CHANGED",
+            proxy = self.proxy,
+            action = self.action,
+            listen = self.listen,
+            upstream = self.upstream,
+            enabled = self.enabled,
+        );
+    }
+}
+
+/// A toxic (a fault) was added to, updated on or removed from a fault proxy
+/// (`TOXIC_CHANGED`; WARNING when a fault is added or changed, INFO when removed).
+#[derive(Debug)]
+pub struct ToxicChanged<'a> {
+    /// Proxy name.
+    pub proxy: &'a str,
+    /// Toxic name.
+    pub toxic: &'a str,
+    /// Toxic type (`latency`, `down`, `http_fault`, …).
+    pub kind: &'a str,
+    /// `upstream` or `downstream`.
+    pub stream: &'a str,
+    /// `added`, `updated`, `removed`.
+    pub action: &'a str,
+    /// The toxic's attributes, as JSON text.
+    pub attributes: &'a str,
+    /// Toxics on the proxy after the change.
+    pub active: usize,
+}
+
+impl Emit for ToxicChanged<'_> {
+    fn emit(self) {
+        metrics()
+            .fault_proxy_toxics
+            .with_label_values(&[self.proxy])
+            .set(i64::try_from(self.active).unwrap_or(i64::MAX));
+        let level = if self.action == "removed" {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        };
+        event_at!(
+            level,
+            event = "TOXIC_CHANGED",
+            proxy = self.proxy,
+            toxic = self.toxic,
+            kind = self.kind,
+            stream = self.stream,
+            action = self.action,
+            attributes = self.attributes,
+            active = self.active,
+        );
+    }
+}

@@ -52,6 +52,13 @@ pub struct Metrics {
     /// `chaos_recovery_seconds`: time from a run's last fault removed to its steady state
     /// holding again (its mean is `_sum / _count`).
     pub chaos_recovery: Histogram,
+    /// `fault_proxy_connections{proxy}`: connections open through a fault proxy.
+    pub fault_proxy_connections: IntGaugeVec,
+    /// `fault_proxy_bytes_total{proxy,direction}`: bytes read by a fault proxy, per
+    /// direction (`upstream`: client → server).
+    pub fault_proxy_bytes: IntCounterVec,
+    /// `fault_proxy_toxics{proxy}`: toxics active on a fault proxy.
+    pub fault_proxy_toxics: IntGaugeVec,
 }
 
 /// Buckets from 100 µs to 10 s: fine enough to see a 1 ms p99.
@@ -215,6 +222,24 @@ impl Metrics {
                 &["command"],
             ),
             node_fsync,
+            fault_proxy_connections: gauge(
+                &registry,
+                "fault_proxy_connections",
+                "Connections open through a fault proxy.",
+                &["proxy"],
+            ),
+            fault_proxy_bytes: counter(
+                &registry,
+                "fault_proxy_bytes_total",
+                "Bytes read by a fault proxy, by direction (upstream: client to server).",
+                &["proxy", "direction"],
+            ),
+            fault_proxy_toxics: gauge(
+                &registry,
+                "fault_proxy_toxics",
+                "Toxics active on a fault proxy.",
+                &["proxy"],
+            ),
             registry,
         }
     }
