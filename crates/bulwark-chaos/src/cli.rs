@@ -373,6 +373,7 @@ mod tests {
                 fault: Fault::Pause {
                     service: "db_g2".into(),
                 },
+                services: vec!["db_g2".into()],
                 run: None,
                 applied_at_ms: 0,
                 expires_at_ms: 12_000,

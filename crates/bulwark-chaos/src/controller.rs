@@ -17,12 +17,15 @@ use crate::cluster::ClusterMap;
 use crate::fault::{Fault, FaultError, FaultRequest, Undo};
 use crate::journal::{Entry, Journal, JournalError};
 use crate::processes::{ProcessError, Processes, start_ticks};
+use crate::toxiproxy::{ProxySpec, Toxiproxy, ToxiproxyError};
 
 /// How long removal keeps retrying an undo step whose target does not answer, before it
 /// leaves the fault in the journal for the next controller start.
 const UNDO_RETRY_FOR: Duration = Duration::from_secs(30);
 /// Pause between undo retries.
 const UNDO_RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often the proxies of the links are checked (and re-created after a proxy restart).
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the controller refused or failed a request.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,8 @@ pub struct ActiveFault {
     pub target: String,
     /// The fault.
     pub fault: Fault,
+    /// The services it impacts directly.
+    pub services: Vec<String>,
     /// The run that asked for it.
     pub run: Option<String>,
     /// When it was applied (Unix ms).
@@ -76,11 +81,12 @@ pub struct ActiveFault {
 }
 
 impl ActiveFault {
-    fn of(e: &Entry) -> ActiveFault {
+    fn of(e: &Entry, cluster: &ClusterMap) -> ActiveFault {
         ActiveFault {
             id: e.id.clone(),
             kind: e.fault.kind().to_owned(),
             target: e.fault.target(),
+            services: e.fault.services(cluster),
             fault: e.fault.clone(),
             run: e.run.clone(),
             applied_at_ms: e.applied_at_ms,
@@ -119,6 +125,8 @@ pub struct Controller {
 struct Inner {
     cluster: ClusterMap,
     processes: Arc<dyn Processes>,
+    /// The fault proxy's API, when `up` runs one.
+    proxy: Option<Toxiproxy>,
     enabled: AtomicBool,
     journal: Mutex<Journal>,
     active: Mutex<BTreeMap<String, Running>>,
@@ -157,6 +165,7 @@ impl Controller {
             .map_err(|_| ChaosError::ShuttingDown)??;
         let controller = Controller {
             inner: Arc::new(Inner {
+                proxy: config.cluster.proxy_api.as_deref().map(Toxiproxy::new),
                 cluster: config.cluster,
                 processes,
                 enabled: AtomicBool::new(config.enabled),
@@ -172,7 +181,7 @@ impl Controller {
                 controller.journal_removed(&entry.id, "recovered").await?;
             }
             recovered.push(Recovered {
-                fault: ActiveFault::of(&entry),
+                fault: ActiveFault::of(&entry, &controller.inner.cluster),
                 undone,
             });
         }
@@ -205,7 +214,7 @@ impl Controller {
     pub fn active(&self) -> Vec<ActiveFault> {
         let mut v: Vec<ActiveFault> = lock(&self.inner.active)
             .values()
-            .map(|r| ActiveFault::of(&r.entry))
+            .map(|r| ActiveFault::of(&r.entry, &self.inner.cluster))
             .collect();
         v.sort_by(|a, b| (a.applied_at_ms, &a.id).cmp(&(b.applied_at_ms, &b.id)));
         v
@@ -220,10 +229,11 @@ impl Controller {
             return Err(ChaosError::Disabled);
         }
         req.validate(&self.inner.cluster)?;
-        let undo = self.plan(&req.fault)?;
+        let id = format!("f-{:016x}", rand::random::<u64>());
+        let undo = self.plan(&id, &req.fault)?;
         let applied_at_ms = now_ms();
         let entry = Entry {
-            id: format!("f-{:016x}", rand::random::<u64>()),
+            id,
             fault: req.fault.clone(),
             undo,
             run: req.run.clone(),
@@ -244,7 +254,7 @@ impl Controller {
                 message,
             });
         }
-        let view = ActiveFault::of(&entry);
+        let view = ActiveFault::of(&entry, &self.inner.cluster);
         ChaosFault {
             id: &entry.id,
             kind: entry.fault.kind(),
@@ -280,7 +290,7 @@ impl Controller {
             .ok_or_else(|| ChaosError::NotFound(id.to_owned()))?;
         running.cancel.cancel();
         let entry = running.entry;
-        let view = ActiveFault::of(&entry);
+        let view = ActiveFault::of(&entry, &self.inner.cluster);
         let undone = self.undo_all(&entry.undo, false).await;
         let reason = if undone { reason } else { "undo_failed" };
         if undone {
@@ -324,8 +334,9 @@ impl Controller {
         self.remove_where(|_| true, "shutdown").await;
     }
 
-    /// What removing `fault` will take, computed before it is applied.
-    fn plan(&self, fault: &Fault) -> Result<Vec<Undo>, ChaosError> {
+    /// What removing `fault` (to be applied as `id`) will take, computed before it is
+    /// applied.
+    fn plan(&self, id: &str, fault: &Fault) -> Result<Vec<Undo>, ChaosError> {
         let apply_err = |message: String| ChaosError::Apply {
             kind: fault.kind().to_owned(),
             target: fault.target(),
@@ -352,7 +363,75 @@ impl Controller {
                     signal: Signal::SIGCONT.as_str().to_owned(),
                 }]
             }
+            network => network
+                .toxics(id, &self.inner.cluster)?
+                .into_iter()
+                .map(|(proxy, toxic)| Undo::DeleteToxic {
+                    proxy,
+                    toxic: toxic.name,
+                })
+                .collect(),
         })
+    }
+
+    /// Creates the proxies of every link that the fault proxy lacks (at start-up, and after
+    /// the proxy restarted empty), then adds the toxics of the active network faults again.
+    /// Returns how many proxies were created.
+    pub async fn ensure_proxies(&self) -> Result<usize, ToxiproxyError> {
+        let Some(api) = &self.inner.proxy else {
+            return Ok(0);
+        };
+        let have = api.proxy_names().await?;
+        let missing: Vec<ProxySpec> = self
+            .inner
+            .cluster
+            .links
+            .iter()
+            .filter(|l| !have.contains(&l.proxy_name()))
+            .map(|l| ProxySpec {
+                name: l.proxy_name(),
+                listen: format!("127.0.0.1:{}", l.listen),
+                upstream: format!("127.0.0.1:{}", l.upstream),
+                enabled: true,
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        api.populate(&missing).await?;
+        let entries: Vec<Entry> = lock(&self.inner.active)
+            .values()
+            .map(|r| r.entry.clone())
+            .collect();
+        for e in entries {
+            for (proxy, toxic) in e
+                .fault
+                .toxics(&e.id, &self.inner.cluster)
+                .unwrap_or_default()
+            {
+                api.add_toxic(&proxy, &toxic).await?;
+            }
+        }
+        Ok(missing.len())
+    }
+
+    /// Keeps the fault proxy's proxies in place until `stop`: checks every second and
+    /// re-creates them (with the active faults' toxics) after a proxy restart.
+    pub fn spawn_reconciler(&self, stop: CancellationToken) {
+        if self.inner.proxy.is_none() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(RECONCILE_EVERY) => {}
+                }
+                // A proxy that does not answer is restarting: try again next time.
+                let _ = me.ensure_proxies().await;
+            }
+        });
     }
 
     /// The fault's side effect.
@@ -382,6 +461,25 @@ impl Controller {
                     .map_err(text)
             }
             Fault::Restart { service } => procs.restart(service).await.map_err(text),
+            network @ (Fault::Latency { .. }
+            | Fault::Bandwidth { .. }
+            | Fault::ResetPeer { .. }
+            | Fault::Timeout { .. }
+            | Fault::Loss { .. }
+            | Fault::SlowClose { .. }
+            | Fault::LimitData { .. }
+            | Fault::Partition { .. }) => {
+                let api = self.inner.proxy.as_ref().ok_or("no fault proxy")?;
+                let toxics = network
+                    .toxics(&entry.id, &self.inner.cluster)
+                    .map_err(|e| e.to_string())?;
+                for (proxy, toxic) in &toxics {
+                    api.add_toxic(proxy, toxic)
+                        .await
+                        .map_err(|e| format!("{proxy}: {e}"))?;
+                }
+                Ok(())
+            }
             Fault::CrashLoop {
                 service,
                 interval_ms,
@@ -452,6 +550,18 @@ impl Controller {
                 let pid = i32::try_from(*pid).map_err(|_| format!("bad pid {pid}"))?;
                 match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
                     Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Undo::DeleteToxic { proxy, toxic } => {
+                let Some(api) = &self.inner.proxy else {
+                    return Ok(());
+                };
+                match api.delete_toxic(proxy, toxic).await {
+                    Ok(()) => Ok(()),
+                    // A proxy that is gone took its toxics with it; one that restarts comes
+                    // back empty (the reconciler only re-adds active faults).
+                    Err(ToxiproxyError::Unreachable(_)) if recovering => Ok(()),
                     Err(e) => Err(e.to_string()),
                 }
             }

@@ -7,8 +7,11 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 
-use crate::cluster::ClusterMap;
+use crate::cluster::{ClusterMap, Link};
+use crate::partition::{self, Shape, ShapeArgs, Stream};
+use crate::toxiproxy::Toxic;
 
 /// The longest a fault may live: a forgotten fault must not outlast a game day.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -50,10 +53,177 @@ pub enum Fault {
         #[serde(default = "default_crash_interval")]
         interval_ms: u64,
     },
+    /// Delay data on the selected links by `latency_ms` ± `jitter_ms` (Toxiproxy `latency`).
+    Latency {
+        /// Only links from this gateway (default: every gateway).
+        #[serde(default)]
+        gateway: Option<String>,
+        /// Only links to this replica (default: every replica).
+        #[serde(default)]
+        replica: Option<String>,
+        /// `downstream` (replies, the default) or `upstream` (requests).
+        #[serde(default = "downstream")]
+        stream: Stream,
+        /// Added delay.
+        latency_ms: u64,
+        /// Random variation (±).
+        #[serde(default)]
+        jitter_ms: u64,
+        /// Share of connections affected (0 to 1).
+        #[serde(default = "one")]
+        toxicity: f64,
+    },
+    /// Limit the selected links to `rate_kbps` KB/s (Toxiproxy `bandwidth`).
+    Bandwidth {
+        /// Only links from this gateway.
+        #[serde(default)]
+        gateway: Option<String>,
+        /// Only links to this replica.
+        #[serde(default)]
+        replica: Option<String>,
+        /// Direction.
+        #[serde(default = "downstream")]
+        stream: Stream,
+        /// KB/s (1000 bytes).
+        rate_kbps: u64,
+        /// Share of connections affected.
+        #[serde(default = "one")]
+        toxicity: f64,
+    },
+    /// Reset connections (TCP RST) `timeout_ms` after their first data (Toxiproxy
+    /// `reset_peer`).
+    ResetPeer {
+        /// Only links from this gateway.
+        #[serde(default)]
+        gateway: Option<String>,
+        /// Only links to this replica.
+        #[serde(default)]
+        replica: Option<String>,
+        /// Direction.
+        #[serde(default = "downstream")]
+        stream: Stream,
+        /// Delay before the reset.
+        #[serde(default)]
+        timeout_ms: u64,
+        /// Share of connections affected.
+        #[serde(default = "one")]
+        toxicity: f64,
+    },
+    /// Drop all data and close connections after `timeout_ms` (0: never; Toxiproxy
+    /// `timeout`).
+    Timeout {
+        /// Only links from this gateway.
+        #[serde(default)]
+        gateway: Option<String>,
+        /// Only links to this replica.
+        #[serde(default)]
+        replica: Option<String>,
+        /// Direction.
+        #[serde(default = "downstream")]
+        stream: Stream,
+        /// Milliseconds before closing (0: hang until the fault ends).
+        #[serde(default)]
+        timeout_ms: u64,
+        /// Share of connections affected.
+        #[serde(default = "one")]
+        toxicity: f64,
+    },
+    /// Loss, as a TCP proxy can make it: each connection is black-holed (a `timeout` toxic
+    /// with timeout 0) with `probability`, the others are untouched. Packets are not lost
+    /// individually: TCP would retransmit them anyway.
+    Loss {
+        /// Only links from this gateway.
+        #[serde(default)]
+        gateway: Option<String>,
+        /// Only links to this replica.
+        #[serde(default)]
+        replica: Option<String>,
+        /// Direction.
+        #[serde(default = "downstream")]
+        stream: Stream,
+        /// Share of connections lost (0 to 1).
+        probability: f64,
+    },
+    /// Delay the close of connections by `delay_ms` (Toxiproxy `slow_close`).
+    SlowClose {
+        /// Only links from this gateway.
+        #[serde(default)]
+        gateway: Option<String>,
+        /// Only links to this replica.
+        #[serde(default)]
+        replica: Option<String>,
+        /// Direction.
+        #[serde(default = "downstream")]
+        stream: Stream,
+        /// Milliseconds.
+        delay_ms: u64,
+        /// Share of connections affected.
+        #[serde(default = "one")]
+        toxicity: f64,
+    },
+    /// Close connections after `bytes` bytes (Toxiproxy `limit_data`).
+    LimitData {
+        /// Only links from this gateway.
+        #[serde(default)]
+        gateway: Option<String>,
+        /// Only links to this replica.
+        #[serde(default)]
+        replica: Option<String>,
+        /// Direction.
+        #[serde(default = "downstream")]
+        stream: Stream,
+        /// Bytes passed before the close.
+        bytes: u64,
+        /// Share of connections affected.
+        #[serde(default = "one")]
+        toxicity: f64,
+    },
+    /// A network partition of the given shape over `nodes` (default: every gateway, then
+    /// every replica, in topology order); see `crate::partition`.
+    Partition {
+        /// Jepsen's shape.
+        shape: Shape,
+        /// The nodes it ranges over.
+        #[serde(default)]
+        nodes: Option<Vec<String>>,
+        /// `isolate`: the node cut off.
+        #[serde(default)]
+        node: Option<String>,
+        /// `one_way`: senders whose traffic is dropped.
+        #[serde(default)]
+        from: Vec<String>,
+        /// `one_way`: receivers that drop it.
+        #[serde(default)]
+        to: Vec<String>,
+        /// `components`: the groups.
+        #[serde(default)]
+        components: Vec<Vec<String>>,
+        /// Shuffle `nodes` with this seed first.
+        #[serde(default)]
+        seed: Option<u64>,
+    },
 }
 
 fn default_crash_interval() -> u64 {
     1000
+}
+
+fn downstream() -> Stream {
+    Stream::Downstream
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A link fault's common parts.
+struct LinkFault<'a> {
+    gateway: &'a Option<String>,
+    replica: &'a Option<String>,
+    stream: Stream,
+    toxicity: f64,
+    kind: &'static str,
+    attributes: Value,
 }
 
 /// A fault as a client asks for it: the fault, its time to live and the run it belongs to.
@@ -97,10 +267,218 @@ impl Fault {
             Fault::Pause { .. } => "pause",
             Fault::Restart { .. } => "restart",
             Fault::CrashLoop { .. } => "crash_loop",
+            Fault::Latency { .. } => "latency",
+            Fault::Bandwidth { .. } => "bandwidth",
+            Fault::ResetPeer { .. } => "reset_peer",
+            Fault::Timeout { .. } => "timeout",
+            Fault::Loss { .. } => "loss",
+            Fault::SlowClose { .. } => "slow_close",
+            Fault::LimitData { .. } => "limit_data",
+            Fault::Partition { .. } => "partition",
         }
     }
 
-    /// What it targets, for people (`db_g2`).
+    /// The common parts of a fault on links, or `None` for other faults.
+    fn link_fault(&self) -> Option<LinkFault<'_>> {
+        let lf = |gateway, replica, stream: &Stream, toxicity: &f64, kind, attributes| {
+            Some(LinkFault {
+                gateway,
+                replica,
+                stream: *stream,
+                toxicity: *toxicity,
+                kind,
+                attributes,
+            })
+        };
+        match self {
+            Fault::Latency {
+                gateway,
+                replica,
+                stream,
+                latency_ms,
+                jitter_ms,
+                toxicity,
+            } => lf(
+                gateway,
+                replica,
+                stream,
+                toxicity,
+                "latency",
+                json!({"latency": latency_ms, "jitter": jitter_ms}),
+            ),
+            Fault::Bandwidth {
+                gateway,
+                replica,
+                stream,
+                rate_kbps,
+                toxicity,
+            } => lf(
+                gateway,
+                replica,
+                stream,
+                toxicity,
+                "bandwidth",
+                json!({"rate": rate_kbps}),
+            ),
+            Fault::ResetPeer {
+                gateway,
+                replica,
+                stream,
+                timeout_ms,
+                toxicity,
+            } => lf(
+                gateway,
+                replica,
+                stream,
+                toxicity,
+                "reset_peer",
+                json!({"timeout": timeout_ms}),
+            ),
+            Fault::Timeout {
+                gateway,
+                replica,
+                stream,
+                timeout_ms,
+                toxicity,
+            } => lf(
+                gateway,
+                replica,
+                stream,
+                toxicity,
+                "timeout",
+                json!({"timeout": timeout_ms}),
+            ),
+            Fault::Loss {
+                gateway,
+                replica,
+                stream,
+                probability,
+            } => lf(
+                gateway,
+                replica,
+                stream,
+                probability,
+                "timeout",
+                json!({"timeout": 0}),
+            ),
+            Fault::SlowClose {
+                gateway,
+                replica,
+                stream,
+                delay_ms,
+                toxicity,
+            } => lf(
+                gateway,
+                replica,
+                stream,
+                toxicity,
+                "slow_close",
+                json!({"delay": delay_ms}),
+            ),
+            Fault::LimitData {
+                gateway,
+                replica,
+                stream,
+                bytes,
+                toxicity,
+            } => lf(
+                gateway,
+                replica,
+                stream,
+                toxicity,
+                "limit_data",
+                json!({"bytes": bytes}),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The toxics this fault adds, as `(proxy, toxic)`, named after the fault's `id` so that
+    /// they can be found (and re-added after a proxy restart) from the journal alone.
+    pub fn toxics(
+        &self,
+        id: &str,
+        cluster: &ClusterMap,
+    ) -> Result<Vec<(String, Toxic)>, FaultError> {
+        let toxic = |link: &Link, stream: Stream, kind: &str, toxicity: f64, attributes: &Value| {
+            let attributes: Map<String, Value> =
+                attributes.as_object().cloned().unwrap_or_default();
+            (
+                link.proxy_name(),
+                Toxic {
+                    name: format!("chaos-{id}-{}", stream.as_str()),
+                    kind: kind.to_owned(),
+                    stream: stream.as_str().to_owned(),
+                    toxicity,
+                    attributes,
+                },
+            )
+        };
+        if let Some(lf) = self.link_fault() {
+            let links = select_links(cluster, lf.gateway, lf.replica)?;
+            return Ok(links
+                .iter()
+                .map(|l| toxic(l, lf.stream, lf.kind, lf.toxicity, &lf.attributes))
+                .collect());
+        }
+        if let Fault::Partition { .. } = self {
+            let cuts = self.partition_cuts(cluster)?;
+            return Ok(cuts
+                .iter()
+                .map(|(l, s)| toxic(l, *s, "timeout", 1.0, &json!({"timeout": 0})))
+                .collect());
+        }
+        Ok(Vec::new())
+    }
+
+    /// The link directions a partition cuts.
+    fn partition_cuts(&self, cluster: &ClusterMap) -> Result<Vec<(Link, Stream)>, FaultError> {
+        let Fault::Partition {
+            shape,
+            nodes,
+            node,
+            from,
+            to,
+            components,
+            seed,
+        } = self
+        else {
+            return Ok(Vec::new());
+        };
+        if cluster.links.is_empty() {
+            return Err(no_proxy());
+        }
+        let nodes = nodes.clone().unwrap_or_else(|| cluster.partition_nodes());
+        let known = cluster.partition_nodes();
+        if let Some(n) = nodes.iter().find(|n| !known.contains(n)) {
+            return Err(FaultError::new(
+                "nodes",
+                format!(
+                    "'{n}' is not a gateway or replica (known: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let args = ShapeArgs {
+            node: node.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            components: components.clone(),
+            seed: *seed,
+        };
+        let grudge = partition::grudge(*shape, &nodes, &args)
+            .map_err(|e| FaultError::new(e.field, e.message))?;
+        let cuts = partition::cut_links(&grudge, &cluster.links);
+        if cuts.is_empty() {
+            return Err(FaultError::new(
+                "shape",
+                "this partition cuts no gateway-replica link (gateways only talk to replicas)",
+            ));
+        }
+        Ok(cuts)
+    }
+
+    /// What it targets, for people (`db_g2`, `app_ap→db_g2`, `isolate db_g2`).
     pub fn target(&self) -> String {
         match self {
             Fault::Kill { service }
@@ -108,11 +486,51 @@ impl Fault {
             | Fault::Pause { service }
             | Fault::Restart { service }
             | Fault::CrashLoop { service, .. } => service.clone(),
+            Fault::Partition {
+                shape,
+                node,
+                from,
+                to,
+                ..
+            } => match shape {
+                Shape::Isolate => format!("isolate {}", node.as_deref().unwrap_or("?")),
+                Shape::OneWay => format!("{} -/-> {}", from.join(","), to.join(",")),
+                other => serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            },
+            _ => match self.link_fault() {
+                Some(lf) => format!(
+                    "{}->{} {}",
+                    lf.gateway.as_deref().unwrap_or("*"),
+                    lf.replica.as_deref().unwrap_or("*"),
+                    lf.stream.as_str()
+                ),
+                None => String::new(),
+            },
         }
     }
 
-    /// The services this fault impacts directly (for the experiment report).
-    pub fn services(&self) -> Vec<String> {
+    /// The services this fault impacts directly (for the experiment report): the service
+    /// of a process fault, the gateways and replicas of the links a network fault touches.
+    pub fn services(&self, cluster: &ClusterMap) -> Vec<String> {
+        if self.link_fault().is_some() || matches!(self, Fault::Partition { .. }) {
+            let mut s: Vec<String> = self
+                .toxics("x", cluster)
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|(proxy, _)| {
+                    proxy
+                        .split_once('.')
+                        .map(|(g, r)| vec![g.to_owned(), r.to_owned()])
+                        .unwrap_or_default()
+                })
+                .collect();
+            s.sort();
+            s.dedup();
+            return s;
+        }
         vec![self.target()]
     }
 
@@ -137,8 +555,66 @@ impl Fault {
                 }
                 Ok(())
             }
+            Fault::Partition { .. } => self.partition_cuts(cluster).map(drop),
+            _ => {
+                if let Some(lf) = self.link_fault() {
+                    if !(0.0..=1.0).contains(&lf.toxicity) {
+                        let field = if matches!(self, Fault::Loss { .. }) {
+                            "probability"
+                        } else {
+                            "toxicity"
+                        };
+                        return Err(FaultError::new(field, "must be between 0 and 1"));
+                    }
+                    select_links(cluster, lf.gateway, lf.replica)?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+fn no_proxy() -> FaultError {
+    FaultError::new(
+        "type",
+        "network faults need the fault proxy between gateways and replicas (bulwark up runs it unless --no-chaos-proxy)",
+    )
+}
+
+/// The links from `gateway` (all if `None`) to `replica` (all if `None`).
+fn select_links(
+    cluster: &ClusterMap,
+    gateway: &Option<String>,
+    replica: &Option<String>,
+) -> Result<Vec<Link>, FaultError> {
+    if cluster.links.is_empty() {
+        return Err(no_proxy());
+    }
+    if let Some(g) = gateway
+        && cluster.gateway(g).is_none()
+    {
+        let known: Vec<&str> = cluster.gateways.iter().map(|n| n.name.as_str()).collect();
+        return Err(FaultError::new(
+            "gateway",
+            format!("unknown gateway '{g}' (known: {})", known.join(", ")),
+        ));
+    }
+    if let Some(r) = replica
+        && cluster.replica(r).is_none()
+    {
+        let known: Vec<&str> = cluster.replicas.iter().map(|n| n.name.as_str()).collect();
+        return Err(FaultError::new(
+            "replica",
+            format!("unknown replica '{r}' (known: {})", known.join(", ")),
+        ));
+    }
+    Ok(cluster
+        .links
+        .iter()
+        .filter(|l| gateway.as_ref().is_none_or(|g| *g == l.gateway))
+        .filter(|l| replica.as_ref().is_none_or(|r| *r == l.replica))
+        .cloned()
+        .collect())
 }
 
 fn check_service(cluster: &ClusterMap, service: &str) -> Result<(), FaultError> {
@@ -198,6 +674,13 @@ pub enum Undo {
     Start {
         /// Service name.
         service: String,
+    },
+    /// Delete a toxic from a proxy of the fault proxy.
+    DeleteToxic {
+        /// Proxy name (`app_ap.db_g2`).
+        proxy: String,
+        /// Toxic name.
+        toxic: String,
     },
 }
 

@@ -22,11 +22,13 @@ pub mod experiment;
 pub mod fault;
 pub mod journal;
 pub mod locate;
+pub mod partition;
 pub mod probes;
 pub mod processes;
 pub mod report;
 pub mod runner;
 pub mod tolerance;
+pub mod toxiproxy;
 
 pub use cluster::{ClusterMap, Link, Node, ReplicaBackend};
 pub use controller::{ActiveFault, ChaosError, Controller, ControllerConfig, Recovered};

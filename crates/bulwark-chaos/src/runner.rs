@@ -286,7 +286,7 @@ impl Run {
                 };
                 match self.client.inject(&req).await {
                     Ok(f) => {
-                        self.impacted.extend(fault.services());
+                        self.impacted.extend(f.services.iter().cloned());
                         self.longest_ttl = self.longest_ttl.max(*duration);
                         self.report.faults.push(FaultRecord {
                             id: f.id.clone(),

@@ -90,6 +90,12 @@ pub fn cluster_map(topology: &Topology) -> ClusterMap {
         gateways: nodes(ServiceKind::Gateway),
         replicas: nodes(ServiceKind::Replica),
         services: topology.services.iter().map(|s| s.name.clone()).collect(),
-        ..ClusterMap::default()
+        backend: None,
+        proxy_api: topology
+            .services
+            .iter()
+            .find(|s| s.kind == ServiceKind::Proxy)
+            .map(|s| s.url()),
+        links: topology.links.clone(),
     }
 }

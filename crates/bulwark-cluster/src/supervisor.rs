@@ -365,15 +365,17 @@ impl Supervisor {
     }
 
     /// Starts everything in dependency order: replicas, then (once they are all healthy)
-    /// gateways. Returns the services that did not become healthy (gateways are not
-    /// started if a replica failed).
+    /// the fault proxy, then gateways. Returns the services that did not become healthy
+    /// (later kinds are not started if an earlier one failed).
     pub async fn start_all(
         &self,
         progress: &(dyn Fn(&str, Option<Duration>) + Sync),
     ) -> Vec<String> {
-        let failed = self.start_kind(ServiceKind::Replica, progress).await;
-        if !failed.is_empty() {
-            return failed;
+        for kind in [ServiceKind::Replica, ServiceKind::Proxy] {
+            let failed = self.start_kind(kind, progress).await;
+            if !failed.is_empty() {
+                return failed;
+            }
         }
         self.start_kind(ServiceKind::Gateway, progress).await
     }
@@ -383,7 +385,11 @@ impl Supervisor {
     /// Returns once every process has ended and every actor has finished.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
-        for kind in [ServiceKind::Gateway, ServiceKind::Replica] {
+        for kind in [
+            ServiceKind::Gateway,
+            ServiceKind::Proxy,
+            ServiceKind::Replica,
+        ] {
             let stops = self
                 .services
                 .iter()

@@ -58,6 +58,9 @@ pub enum UpError {
         /// The start-up timeout.
         timeout: Duration,
     },
+    /// The fault proxy refused to create the links' proxies.
+    #[error("chaos_proxy: {0}")]
+    Proxy(String),
     /// The chaos controller could not open its journal.
     #[error("chaos controller: {0}")]
     Chaos(#[from] bulwark_chaos::ChaosError),
@@ -240,9 +243,10 @@ impl Cluster {
         &self.chaos
     }
 
-    /// Starts replicas, waits until they are healthy, then starts gateways and waits for
-    /// them, printing progress. On failure prints the last log lines of each unhealthy
-    /// service; the caller then shuts down.
+    /// Starts replicas, waits until they are healthy, then the fault proxy (and creates
+    /// its proxies through its API), then starts gateways and waits for them, printing
+    /// progress. On failure prints the last log lines of each unhealthy service; the caller
+    /// then shuts down.
     pub async fn start(&self) -> Result<(), UpError> {
         let progress = |name: &str, took: Option<Duration>| {
             let line = match took {
@@ -254,7 +258,20 @@ impl Cluster {
             };
             let _ = writeln!(std::io::stdout().lock(), "{line}");
         };
-        let failed = self.supervisor.start_all(&progress).await;
+        let mut failed = Vec::new();
+        for kind in [
+            ServiceKind::Replica,
+            ServiceKind::Proxy,
+            ServiceKind::Gateway,
+        ] {
+            if kind == ServiceKind::Gateway && !self.topology.links.is_empty() {
+                self.populate_proxies().await?;
+            }
+            failed = self.supervisor.start_kind(kind, &progress).await;
+            if !failed.is_empty() {
+                break;
+            }
+        }
         if failed.is_empty() {
             return Ok(());
         }
@@ -275,6 +292,19 @@ impl Cluster {
         })
     }
 
+    /// Creates the proxies of every gateway → replica link through the fault proxy's API
+    /// (it just became healthy), then keeps them in place if the proxy restarts.
+    async fn populate_proxies(&self) -> Result<(), UpError> {
+        let created = self
+            .chaos
+            .ensure_proxies()
+            .await
+            .map_err(|e| UpError::Proxy(e.to_string()))?;
+        println!("creating {created} proxied links in chaos_proxy … done");
+        self.chaos.spawn_reconciler(self.stop_server.clone());
+        Ok(())
+    }
+
     /// Removes every active fault, stops gateways, then replicas (SIGTERM, SIGKILL after
     /// the stop timeout), then the control API, and releases the lock.
     pub async fn shutdown(self) {
@@ -286,18 +316,29 @@ impl Cluster {
     }
 }
 
-/// Tries to bind every service port on 127.0.0.1; the first taken one is the error.
+/// Tries to bind every service and link port on 127.0.0.1; the first taken one is the
+/// error.
 fn check_ports(topology: &Topology) -> Result<(), UpError> {
-    for s in &topology.services {
-        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", s.port)) {
+    let ports = topology
+        .services
+        .iter()
+        .map(|s| (s.port, s.name.clone()))
+        .chain(
+            topology
+                .links
+                .iter()
+                .map(|l| (l.listen, format!("link {}", l.proxy_name()))),
+        );
+    for (port, name) in ports {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             return Err(if e.kind() == std::io::ErrorKind::AddrInUse {
                 UpError::PortInUse {
-                    port: s.port,
-                    service: s.name.clone(),
+                    port,
+                    service: name,
                 }
             } else {
                 UpError::Io {
-                    what: format!("cannot check port {} ({})", s.port, s.name),
+                    what: format!("cannot check port {port} ({name})"),
                     source: e,
                 }
             });
@@ -309,7 +350,11 @@ fn check_ports(topology: &Topology) -> Result<(), UpError> {
 /// The table printed once everything is healthy.
 pub fn endpoints_table(topology: &Topology, control: SocketAddr) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
-    for kind in [ServiceKind::Gateway, ServiceKind::Replica] {
+    for kind in [
+        ServiceKind::Gateway,
+        ServiceKind::Replica,
+        ServiceKind::Proxy,
+    ] {
         for s in topology.services.iter().filter(|s| s.kind == kind) {
             rows.push((s.label.clone(), format!("{}  ({})", s.url(), s.name)));
         }

@@ -69,6 +69,7 @@ fn topology(dir: &Path, chaos: bool) -> Topology {
         },
         echo_logs: false,
         chaos,
+        links: Vec::new(),
     }
 }
 
@@ -478,17 +479,21 @@ async fn an_experiment_runs_through_the_api_and_reports_its_recovery() {
         "{m}"
     );
     assert!(m["mean_recovery_time_ms"].as_f64().is_some());
-    let prom = reqwest::get(format!("{control}/api/v1/chaos/metrics?format=prometheus"))
-        .await
-        .expect("prometheus")
-        .text()
-        .await
-        .expect("text");
+    // The gauge follows the removal's journal write, just after the fault left the list.
+    let prom = wait_for("the Prometheus metrics", async || {
+        let text = reqwest::get(format!("{control}/api/v1/chaos/metrics?format=prometheus"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("chaos_faults_active 0").then_some(text)
+    })
+    .await;
     assert!(
         prom.contains("chaos_experiments_total{outcome=\"succeeded\"} 1"),
         "{prom}"
     );
-    assert!(prom.contains("chaos_faults_active 0"), "{prom}");
     cluster.shutdown().await;
 }
 

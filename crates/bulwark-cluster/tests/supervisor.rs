@@ -85,6 +85,7 @@ fn topology(dir: &Path, services: Vec<ServiceSpec>) -> Topology {
         policy: test_policy(),
         echo_logs: false,
         chaos: false,
+        links: Vec::new(),
     }
 }
 
