@@ -14,6 +14,7 @@
 //! | `GET /api/v1/chaos/experiments/{id}` | the experiment and its runs' reports |
 //! | `POST /api/v1/chaos/experiments/{id}/run` | run it in `up` → 202 `{"run_id"}`; poll `GET …/{id}` |
 //! | `POST /api/v1/chaos/reports` | record the report of a `bulwark chaos run` (for the metrics) |
+//! | `GET /api/v1/chaos/replicas/{key}` | each replica's committed record of `key`, read directly, and whether they agree |
 //! | `GET /api/v1/chaos/metrics` | experiments total/succeeded/failed, mean recovery time, services recovered, faults active (JSON; Prometheus text with `?format=prometheus`) |
 //!
 //! Errors are `{"error":{"code","message","request_id"}}`: 400 `INVALID_REQUEST` /
@@ -111,6 +112,7 @@ pub fn router(controller: Controller, control_base: &str) -> Router {
         .route("/api/v1/chaos/experiments/{id}/run", post(run_experiment))
         .route("/api/v1/chaos/reports", post(record_report))
         .route("/api/v1/chaos/metrics", get(metrics))
+        .route("/api/v1/chaos/replicas/{key}", get(replicas))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -250,7 +252,7 @@ async fn create_experiment(State(s): State<ApiState>, body: Bytes) -> Result<Res
             "the body is not UTF-8",
         )
     })?;
-    let plan = experiment::load(text, s.controller.cluster()).map_err(|e| {
+    let plan = experiment::load(text, &[], s.controller.cluster()).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "INVALID_EXPERIMENT", e.to_string())
             .with("line", e.line)
             .with("field", e.field)
@@ -336,7 +338,7 @@ async fn run_experiment(
             .clone()
     };
     // Validated again: the cluster is the same, but the check is cheap and keeps one path.
-    let plan = experiment::load(&text, s.controller.cluster())
+    let plan = experiment::load(&text, &[], s.controller.cluster())
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_EXPERIMENT", e.to_string()))?;
     let run_id = runner::new_run_id();
     let placeholder = Report {
@@ -460,4 +462,49 @@ async fn metrics(State(s): State<ApiState>, Query(q): Query<MetricsQuery>) -> Re
         "experiments_stored": b.experiments.len(),
     }))
     .into_response()
+}
+
+/// Each replica's record of `key`, read directly over RESP, and whether they all hold the
+/// same version and bytes (a data fault shows as `"agree": false`).
+async fn replicas(State(s): State<ApiState>, Path(key): Path<String>) -> Json<Value> {
+    let reads = s.controller.read_replicas(&key).await;
+    let mut out = serde_json::Map::new();
+    let mut seen = Vec::new();
+    let mut unreachable = Vec::new();
+    for (name, r) in reads {
+        match r {
+            Ok(rec) => {
+                let v = rec.as_ref().map(|r| (r.version.clone(), r.value.clone()));
+                out.insert(
+                    name.clone(),
+                    json!({
+                        "version": rec.as_ref().map(|r| r.version.clone()),
+                        "value": rec.as_ref().and_then(|r| r.value.as_ref()).map(|b| String::from_utf8_lossy(b).into_owned()),
+                    }),
+                );
+                seen.push((name, v));
+            }
+            Err(e) => {
+                out.insert(name.clone(), json!({"error": e}));
+                unreachable.push(name);
+            }
+        }
+    }
+    // The majority record; the others diverge from it.
+    let majority = seen
+        .iter()
+        .max_by_key(|(_, v)| seen.iter().filter(|(_, w)| w == v).count())
+        .map(|(_, v)| v.clone());
+    let divergent: Vec<&String> = seen
+        .iter()
+        .filter(|(_, v)| Some(v) != majority.as_ref())
+        .map(|(n, _)| n)
+        .collect();
+    Json(json!({
+        "key": key,
+        "agree": divergent.is_empty() && unreachable.is_empty(),
+        "divergent": divergent,
+        "unreachable": unreachable,
+        "replicas": out,
+    }))
 }

@@ -70,9 +70,20 @@ pub struct RunArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "chaos-report.json")]
     pub report_file: PathBuf,
+    /// Set a `${name}` of the file (overrides its `configuration`), e.g.
+    /// `--var ap=http://127.0.0.1:25001`.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
     /// Control API and output options.
     #[command(flatten)]
     pub opts: ControlOpts,
+}
+
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("'{text}' is not NAME=VALUE")),
+    }
 }
 
 /// `10`, `2.5`, `10s`, `500ms` → a duration.
@@ -225,7 +236,7 @@ async fn run_file(args: &RunArgs, interrupt: impl Future<Output = String>) -> Ex
             return ExitCode::from(1);
         }
     };
-    let plan = match experiment::load(&text, &cluster) {
+    let plan = match experiment::load(&text, &args.vars, &cluster) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("bulwark: {file}: {e}");

@@ -13,7 +13,10 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::ClusterMap;
+use base64::Engine as _;
+
+use crate::cluster::{ClusterMap, ReplicaBackend};
+use crate::data;
 use crate::fault::{Fault, FaultError, FaultRequest, Undo};
 use crate::journal::{Entry, Journal, JournalError};
 use crate::processes::{ProcessError, Processes, start_ticks};
@@ -24,6 +27,8 @@ use crate::toxiproxy::{ProxySpec, Toxiproxy, ToxiproxyError};
 const UNDO_RETRY_FOR: Duration = Duration::from_secs(30);
 /// Pause between undo retries.
 const UNDO_RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Bound on one call to a gateway's admin endpoint.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the proxies of the links are checked (and re-created after a proxy restart).
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
@@ -113,6 +118,9 @@ pub struct ControllerConfig {
     pub enabled: bool,
     /// The cluster it may break.
     pub cluster: ClusterMap,
+    /// The token of the gateways' chaos admin endpoint (`CHAOS_TOKEN`); never journaled
+    /// nor shown.
+    pub gateway_token: Option<String>,
 }
 
 /// The controller. Cheap to clone (shared state).
@@ -127,9 +135,15 @@ struct Inner {
     processes: Arc<dyn Processes>,
     /// The fault proxy's API, when `up` runs one.
     proxy: Option<Toxiproxy>,
+    /// Calls to gateways' admin endpoints.
+    http: reqwest::Client,
+    /// Their token.
+    gateway_token: Option<String>,
     enabled: AtomicBool,
     journal: Mutex<Journal>,
     active: Mutex<BTreeMap<String, Running>>,
+    /// Journaled faults of a dead controller whose undo waits for the cluster to start.
+    leftover: Mutex<Vec<Entry>>,
     /// Set when the controller stops: no new faults.
     closed: AtomicBool,
 }
@@ -143,6 +157,12 @@ struct Running {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn b64_decode(text: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("journal value is not base64: {e}"))
 }
 
 /// Milliseconds since the Unix epoch (the journal's clock; TTL timers use Tokio's).
@@ -166,11 +186,17 @@ impl Controller {
         let controller = Controller {
             inner: Arc::new(Inner {
                 proxy: config.cluster.proxy_api.as_deref().map(Toxiproxy::new),
+                http: reqwest::Client::builder()
+                    .timeout(GATEWAY_TIMEOUT)
+                    .build()
+                    .unwrap_or_default(),
+                gateway_token: config.gateway_token,
                 cluster: config.cluster,
                 processes,
                 enabled: AtomicBool::new(config.enabled),
                 journal: Mutex::new(journal),
                 active: Mutex::new(BTreeMap::new()),
+                leftover: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
             }),
         };
@@ -179,6 +205,10 @@ impl Controller {
             let undone = controller.undo_all(&entry.undo, true).await;
             if undone {
                 controller.journal_removed(&entry.id, "recovered").await?;
+            } else {
+                // Its target is not running yet (a replica's data): retried by
+                // `finish_recovery` once `up` has started everything.
+                lock(&controller.inner.leftover).push(entry.clone());
             }
             recovered.push(Recovered {
                 fault: ActiveFault::of(&entry, &controller.inner.cluster),
@@ -186,6 +216,22 @@ impl Controller {
             });
         }
         Ok((controller, recovered))
+    }
+
+    /// Undoes what start-up recovery could not (its targets were not running yet); call
+    /// once the cluster is up. Returns what it tried.
+    pub async fn finish_recovery(&self) -> Vec<Recovered> {
+        let leftover: Vec<Entry> = std::mem::take(&mut *lock(&self.inner.leftover));
+        let mut out = Vec::new();
+        for entry in leftover {
+            let undone = self.undo_all(&entry.undo, false).await
+                && self.journal_removed(&entry.id, "recovered").await.is_ok();
+            out.push(Recovered {
+                fault: ActiveFault::of(&entry, &self.inner.cluster),
+                undone,
+            });
+        }
+        out
     }
 
     /// The cluster this controller breaks.
@@ -230,7 +276,7 @@ impl Controller {
         }
         req.validate(&self.inner.cluster)?;
         let id = format!("f-{:016x}", rand::random::<u64>());
-        let undo = self.plan(&id, &req.fault)?;
+        let undo = self.plan(&id, &req.fault).await?;
         let applied_at_ms = now_ms();
         let entry = Entry {
             id,
@@ -336,7 +382,7 @@ impl Controller {
 
     /// What removing `fault` (to be applied as `id`) will take, computed before it is
     /// applied.
-    fn plan(&self, id: &str, fault: &Fault) -> Result<Vec<Undo>, ChaosError> {
+    async fn plan(&self, id: &str, fault: &Fault) -> Result<Vec<Undo>, ChaosError> {
         let apply_err = |message: String| ChaosError::Apply {
             kind: fault.kind().to_owned(),
             target: fault.target(),
@@ -361,6 +407,64 @@ impl Controller {
                     pid,
                     start_ticks: ticks,
                     signal: Signal::SIGCONT.as_str().to_owned(),
+                }]
+            }
+            Fault::Corrupt {
+                replica,
+                key,
+                restore,
+                ..
+            }
+            | Fault::DropKey {
+                replica,
+                key,
+                restore,
+            } => {
+                let (backend, port) = self.replica(replica).map_err(apply_err)?;
+                let record = data::read(backend, port, key)
+                    .await
+                    .map_err(apply_err)?
+                    .ok_or_else(|| {
+                        apply_err(format!("'{key}' has no committed record on {replica}"))
+                    })?;
+                let b64 = |v: &Vec<u8>| base64::engine::general_purpose::STANDARD.encode(v);
+                let (replica, key, version) =
+                    (replica.clone(), key.clone(), record.version.clone());
+                match (fault, restore) {
+                    (_, false) => Vec::new(),
+                    (Fault::Corrupt { .. }, true) => {
+                        let value = record.value.as_ref().ok_or_else(|| {
+                            apply_err(format!("'{key}' is deleted (a tombstone) on {replica}"))
+                        })?;
+                        vec![Undo::RestoreValue {
+                            replica,
+                            port,
+                            backend,
+                            key,
+                            version,
+                            value_b64: b64(value),
+                        }]
+                    }
+                    _ => vec![Undo::RestoreRecord {
+                        replica,
+                        port,
+                        backend,
+                        key,
+                        version,
+                        value_b64: record.value.as_ref().map(b64),
+                    }],
+                }
+            }
+            Fault::ClockSkew { gateway, .. } => {
+                let port = self
+                    .inner
+                    .cluster
+                    .gateway(gateway)
+                    .map(|g| g.port)
+                    .ok_or_else(|| apply_err(format!("unknown gateway '{gateway}'")))?;
+                vec![Undo::ResetClock {
+                    gateway: gateway.clone(),
+                    port,
                 }]
             }
             network => network
@@ -461,6 +565,45 @@ impl Controller {
                     .map_err(text)
             }
             Fault::Restart { service } => procs.restart(service).await.map_err(text),
+            Fault::Corrupt {
+                replica,
+                key,
+                value,
+                ..
+            } => {
+                let (backend, port) = self.replica(replica)?;
+                let record = data::read(backend, port, key)
+                    .await?
+                    .ok_or_else(|| format!("'{key}' has no committed record on {replica}"))?;
+                let bytes = value.as_deref().unwrap_or("CORRUPTED").as_bytes();
+                if data::corrupt(backend, port, key, &record.version, bytes).await? {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "'{key}' changed on {replica} while being corrupted"
+                    ))
+                }
+            }
+            Fault::DropKey { replica, key, .. } => {
+                let (backend, port) = self.replica(replica)?;
+                let record = data::read(backend, port, key)
+                    .await?
+                    .ok_or_else(|| format!("'{key}' has no committed record on {replica}"))?;
+                if data::drop_record(backend, port, key, &record.version).await? {
+                    Ok(())
+                } else {
+                    Err(format!("'{key}' changed on {replica} while being dropped"))
+                }
+            }
+            Fault::ClockSkew { offset_ms, .. } => {
+                let port = entry.undo.iter().find_map(|u| match u {
+                    Undo::ResetClock { port, .. } => Some(*port),
+                    _ => None,
+                });
+                let port = port.ok_or("no gateway port")?;
+                self.clock(port, reqwest::Method::PUT, Some(*offset_ms))
+                    .await
+            }
             network @ (Fault::Latency { .. }
             | Fault::Bandwidth { .. }
             | Fault::ResetPeer { .. }
@@ -509,12 +652,19 @@ impl Controller {
     }
 
     /// Runs undo steps, retrying failures for a while; true when all succeeded. During
-    /// recovery (`recovering`), services are about to be started by `up` anyway, so
-    /// `Start` steps have nothing to do.
+    /// start-up recovery (`recovering`) each step is tried once; services are about to be
+    /// started by `up` anyway, so `Start` steps have nothing to do, and a fault proxy or
+    /// gateway that does not answer took its toxics or clock skew with it.
     async fn undo_all(&self, steps: &[Undo], recovering: bool) -> bool {
         let mut all = true;
         for step in steps {
-            let deadline = tokio::time::Instant::now() + UNDO_RETRY_FOR;
+            // At start-up, one attempt: what fails is retried once the cluster runs.
+            let retry_for = if recovering {
+                Duration::ZERO
+            } else {
+                UNDO_RETRY_FOR
+            };
+            let deadline = tokio::time::Instant::now() + retry_for;
             loop {
                 match self.undo(step, recovering).await {
                     Ok(()) => break,
@@ -553,6 +703,43 @@ impl Controller {
                     Err(e) => Err(e.to_string()),
                 }
             }
+            Undo::RestoreValue {
+                port,
+                backend,
+                key,
+                version,
+                value_b64,
+                ..
+            } => {
+                let value = b64_decode(value_b64)?;
+                // False means the record was rewritten since: nothing left to restore.
+                data::corrupt(*backend, *port, key, version, &value)
+                    .await
+                    .map(drop)
+            }
+            Undo::RestoreRecord {
+                port,
+                backend,
+                key,
+                version,
+                value_b64,
+                ..
+            } => {
+                let value = value_b64.as_deref().map(b64_decode).transpose()?;
+                let record = data::Record {
+                    version: version.clone(),
+                    value,
+                };
+                data::restore_dropped(*backend, *port, key, &record).await
+            }
+            Undo::ResetClock { port, .. } => {
+                match self.clock(*port, reqwest::Method::DELETE, None).await {
+                    Ok(()) => Ok(()),
+                    // The gateway process is gone, and its skew (in its memory) with it.
+                    Err(e) if e.starts_with("unreachable") => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
             Undo::DeleteToxic { proxy, toxic } => {
                 let Some(api) = &self.inner.proxy else {
                     return Ok(());
@@ -574,6 +761,70 @@ impl Controller {
                     Err(e) => Err(e.to_string()),
                 }
             }
+        }
+    }
+
+    /// A replica's kind and port.
+    fn replica(&self, name: &str) -> Result<(ReplicaBackend, u16), String> {
+        let c = &self.inner.cluster;
+        let node = c
+            .replica(name)
+            .ok_or_else(|| format!("unknown replica '{name}'"))?;
+        let backend = c.backend.ok_or("the replicas' kind is unknown")?;
+        Ok((backend, node.port))
+    }
+
+    /// Each replica's committed record of `key` (for probes that detect divergence).
+    pub async fn read_replicas(
+        &self,
+        key: &str,
+    ) -> Vec<(String, Result<Option<data::Record>, String>)> {
+        let c = &self.inner.cluster;
+        let Some(backend) = c.backend else {
+            return Vec::new();
+        };
+        let reads = c
+            .replicas
+            .iter()
+            .map(|r| async move { (r.name.clone(), data::read(backend, r.port, key).await) });
+        futures::future::join_all(reads).await
+    }
+
+    /// Calls a gateway's chaos clock endpoint (`PUT` with an offset, or `DELETE`).
+    async fn clock(
+        &self,
+        port: u16,
+        method: reqwest::Method,
+        offset: Option<i64>,
+    ) -> Result<(), String> {
+        let token = self
+            .inner
+            .gateway_token
+            .as_deref()
+            .ok_or("the gateways were started without a chaos token")?;
+        let mut req = self
+            .inner
+            .http
+            .request(method, format!("http://127.0.0.1:{port}/admin/chaos/clock"))
+            .bearer_auth(token);
+        if let Some(o) = offset {
+            req = req.json(&serde_json::json!({"offset_ms": o}));
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                format!("unreachable: {e}")
+            } else {
+                e.to_string()
+            }
+        })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            let status = resp.status().as_u16();
+            Err(format!(
+                "HTTP {status}: {}",
+                resp.text().await.unwrap_or_default()
+            ))
         }
     }
 

@@ -194,6 +194,12 @@ pub enum Call {
     },
     /// Remove every fault of this run now (otherwise they end at their TTL).
     RemoveFaults,
+    /// Whether every replica holds the same record of `key` (read directly); value:
+    /// `{"agree", "divergent", "replicas"}`, primary `agree`.
+    ReplicasAgree {
+        /// The key.
+        key: String,
+    },
     /// Writes at `rate` per second for `duration` (`{i}` in the URL is the request
     /// number); then every acknowledged write is read back through `verify_url`. Value:
     /// `{"sent", "ok", "refused", "lost", "http_errors", "unreadable"}`, where `lost` counts
@@ -257,10 +263,31 @@ pub struct ExperimentError {
     pub message: String,
 }
 
-/// Parses and validates an experiment file against `cluster`.
-pub fn load(text: &str, cluster: &ClusterMap) -> Result<Plan, ExperimentError> {
-    let experiment = parse(text)?;
-    plan(experiment, text, cluster)
+/// Parses and validates an experiment file against `cluster`, after replacing every
+/// `${name}` with the string value of `name` in its `configuration` (as Chaos Toolkit
+/// does), or in `overrides` (`bulwark chaos run --var name=value`), which win.
+pub fn load(
+    text: &str,
+    overrides: &[(String, String)],
+    cluster: &ClusterMap,
+) -> Result<Plan, ExperimentError> {
+    let first = parse(text)?;
+    let mut vars: Vec<(String, String)> = first
+        .configuration
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+        .collect();
+    vars.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+    vars.extend(overrides.iter().cloned());
+    let mut text = text.to_owned();
+    for (k, v) in &vars {
+        // Inside JSON strings: escape what JSON needs escaped.
+        let escaped = serde_json::to_string(v).unwrap_or_default();
+        text = text.replace(&format!("${{{k}}}"), &escaped[1..escaped.len() - 1]);
+    }
+    let experiment = parse(&text)?;
+    plan(experiment, &text, cluster)
 }
 
 /// Parses the file's JSON into an [`Experiment`] (shape only).
@@ -500,6 +527,12 @@ struct LoadArgs {
 #[serde(deny_unknown_fields)]
 struct NoArgs {}
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyArgs {
+    key: String,
+}
+
 fn typed<T: serde::de::DeserializeOwned>(
     args: &Map<String, Value>,
     field: &str,
@@ -519,6 +552,7 @@ fn typed<T: serde::de::DeserializeOwned>(
 /// The names Bulwark's provider knows besides fault kinds.
 const FUNCS: &[&str] = &[
     "latency_percentile",
+    "replicas_agree",
     "service_status",
     "start_service",
     "remove_faults",
@@ -585,6 +619,10 @@ fn bulwark_call(
             let a: ServiceArgs = typed(&b.arguments, field, err)?;
             check_service(&a.service)?;
             Call::StartService { service: a.service }
+        }
+        "replicas_agree" => {
+            let a: KeyArgs = typed(&b.arguments, field, err)?;
+            Call::ReplicasAgree { key: a.key }
         }
         "remove_faults" => {
             let _: NoArgs = typed(&b.arguments, field, err)?;
@@ -697,7 +735,7 @@ mod tests {
 
     #[test]
     fn a_good_file_types_every_activity() {
-        let plan = load(GOOD, &cluster()).expect("valid");
+        let plan = load(GOOD, &[], &cluster()).expect("valid");
         assert_eq!(plan.hypothesis.len(), 1);
         assert!(matches!(
             &plan.method[0].call,
@@ -708,8 +746,29 @@ mod tests {
         assert_eq!(plan.recovery_timeout, DEFAULT_RECOVERY_TIMEOUT);
     }
 
+    #[test]
+    fn configuration_values_fill_placeholders_and_vars_override_them() {
+        let text = GOOD.replace("http://127.0.0.1:5001", "${ap}").replace(
+            r#""title": "replica pause","#,
+            r#""title": "replica pause", "configuration": {"ap": "http://127.0.0.1:5001"},"#,
+        );
+        let plan = load(&text, &[], &cluster()).expect("valid");
+        assert!(
+            matches!(&plan.hypothesis[0].call, Call::Http(h) if h.url == "http://127.0.0.1:5001/health")
+        );
+        let plan = load(
+            &text,
+            &[("ap".into(), "http://127.0.0.1:25001".into())],
+            &cluster(),
+        )
+        .expect("valid");
+        assert!(
+            matches!(&plan.hypothesis[0].call, Call::Http(h) if h.url == "http://127.0.0.1:25001/health")
+        );
+    }
+
     fn error(text: &str) -> ExperimentError {
-        load(text, &cluster()).expect_err("invalid")
+        load(text, &[], &cluster()).expect_err("invalid")
     }
 
     #[test]

@@ -9,12 +9,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::cluster::{ClusterMap, Link};
+use crate::cluster::{ClusterMap, Link, ReplicaBackend};
 use crate::partition::{self, Shape, ShapeArgs, Stream};
 use crate::toxiproxy::Toxic;
 
 /// The longest a fault may live: a forgotten fault must not outlast a game day.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
+/// The largest clock skew (the gateway's own bound).
+pub const MAX_SKEW_MS: i64 = 86_400_000;
 /// The shortest crash-loop interval (faster would only test the supervisor's backoff).
 pub const MIN_CRASH_INTERVAL_MS: u64 = 100;
 
@@ -178,6 +180,41 @@ pub enum Fault {
         #[serde(default = "one")]
         toxicity: f64,
     },
+    /// Skew a gateway's HLC clock source by `offset_ms` (through its guarded admin
+    /// endpoint); reset to 0 when the fault ends.
+    ClockSkew {
+        /// The gateway (a writer).
+        gateway: String,
+        /// Milliseconds added to its clock (negative: behind), within ±1 day.
+        offset_ms: i64,
+    },
+    /// Corrupt `key` on one replica: its value's bytes change, its version does not (the
+    /// replicas then disagree on one version). With `restore` (default), the original
+    /// value is put back when the fault ends, if the record was not rewritten meanwhile;
+    /// without, the corruption stays for repair to find.
+    Corrupt {
+        /// The replica.
+        replica: String,
+        /// The key (it must hold a committed value there).
+        key: String,
+        /// The bytes written instead (default: `CORRUPTED`).
+        #[serde(default)]
+        value: Option<String>,
+        /// Put the original back when the fault ends.
+        #[serde(default = "yes")]
+        restore: bool,
+    },
+    /// Lose `key` on one replica: its committed record is forgotten, without a tombstone.
+    /// With `restore` (default), it is put back (last-write-wins) when the fault ends.
+    DropKey {
+        /// The replica.
+        replica: String,
+        /// The key.
+        key: String,
+        /// Put the record back when the fault ends.
+        #[serde(default = "yes")]
+        restore: bool,
+    },
     /// A network partition of the given shape over `nodes` (default: every gateway, then
     /// every replica, in topology order); see `crate::partition`.
     Partition {
@@ -214,6 +251,10 @@ fn downstream() -> Stream {
 
 fn one() -> f64 {
     1.0
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A link fault's common parts.
@@ -275,6 +316,9 @@ impl Fault {
             Fault::SlowClose { .. } => "slow_close",
             Fault::LimitData { .. } => "limit_data",
             Fault::Partition { .. } => "partition",
+            Fault::ClockSkew { .. } => "clock_skew",
+            Fault::Corrupt { .. } => "corrupt",
+            Fault::DropKey { .. } => "drop_key",
         }
     }
 
@@ -486,6 +530,10 @@ impl Fault {
             | Fault::Pause { service }
             | Fault::Restart { service }
             | Fault::CrashLoop { service, .. } => service.clone(),
+            Fault::ClockSkew { gateway, offset_ms } => format!("{gateway} {offset_ms:+} ms"),
+            Fault::Corrupt { replica, key, .. } | Fault::DropKey { replica, key, .. } => {
+                format!("{replica} key {key}")
+            }
             Fault::Partition {
                 shape,
                 node,
@@ -531,7 +579,13 @@ impl Fault {
             s.dedup();
             return s;
         }
-        vec![self.target()]
+        match self {
+            Fault::ClockSkew { gateway, .. } => vec![gateway.clone()],
+            Fault::Corrupt { replica, .. } | Fault::DropKey { replica, .. } => {
+                vec![replica.clone()]
+            }
+            _ => vec![self.target()],
+        }
     }
 
     /// Checks the fault against the cluster: its targets exist and its arguments are in
@@ -556,6 +610,40 @@ impl Fault {
                 Ok(())
             }
             Fault::Partition { .. } => self.partition_cuts(cluster).map(drop),
+            Fault::Corrupt { replica, key, .. } | Fault::DropKey { replica, key, .. } => {
+                if cluster.replica(replica).is_none() {
+                    let known: Vec<&str> =
+                        cluster.replicas.iter().map(|n| n.name.as_str()).collect();
+                    return Err(FaultError::new(
+                        "replica",
+                        format!("unknown replica '{replica}' (known: {})", known.join(", ")),
+                    ));
+                }
+                if key.is_empty() || key.len() > 1024 {
+                    return Err(FaultError::new("key", "must be 1 to 1024 bytes"));
+                }
+                if cluster.backend.is_none() {
+                    return Err(FaultError::new("replica", "the replicas' kind is unknown"));
+                }
+                Ok(())
+            }
+            Fault::ClockSkew { gateway, offset_ms } => {
+                if cluster.gateway(gateway).is_none() {
+                    let known: Vec<&str> =
+                        cluster.gateways.iter().map(|n| n.name.as_str()).collect();
+                    return Err(FaultError::new(
+                        "gateway",
+                        format!("unknown gateway '{gateway}' (known: {})", known.join(", ")),
+                    ));
+                }
+                if offset_ms.abs() > MAX_SKEW_MS {
+                    return Err(FaultError::new(
+                        "offset_ms",
+                        format!("must be within ±{MAX_SKEW_MS} (one day)"),
+                    ));
+                }
+                Ok(())
+            }
             _ => {
                 if let Some(lf) = self.link_fault() {
                     if !(0.0..=1.0).contains(&lf.toxicity) {
@@ -674,6 +762,44 @@ pub enum Undo {
     Start {
         /// Service name.
         service: String,
+    },
+    /// Reset a gateway's clock skew to 0.
+    ResetClock {
+        /// Gateway name.
+        gateway: String,
+        /// Its HTTP port.
+        port: u16,
+    },
+    /// Put the original value back into a corrupted record (only while it still has
+    /// `version`).
+    RestoreValue {
+        /// Replica name.
+        replica: String,
+        /// Its port.
+        port: u16,
+        /// Its kind.
+        backend: ReplicaBackend,
+        /// The key.
+        key: String,
+        /// The record's version.
+        version: String,
+        /// The original value, base64.
+        value_b64: String,
+    },
+    /// Put a dropped record back, last-write-wins.
+    RestoreRecord {
+        /// Replica name.
+        replica: String,
+        /// Its port.
+        port: u16,
+        /// Its kind.
+        backend: ReplicaBackend,
+        /// The key.
+        key: String,
+        /// The record's version.
+        version: String,
+        /// The value, base64; `None` for a tombstone.
+        value_b64: Option<String>,
     },
     /// Delete a toxic from a proxy of the fault proxy.
     DeleteToxic {

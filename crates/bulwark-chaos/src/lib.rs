@@ -18,6 +18,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod controller;
+pub mod data;
 pub mod experiment;
 pub mod fault;
 pub mod journal;

@@ -150,6 +150,33 @@ pub async fn service_status(client: &ChaosClient, service: &str) -> Output {
     }
 }
 
+/// Whether every replica holds the same record of `key`; primary: `agree`.
+pub async fn replicas_agree(client: &ChaosClient, key: &str) -> Output {
+    let path = format!(
+        "/api/v1/chaos/replicas/{}",
+        key.bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            })
+            .collect::<String>()
+    );
+    match client
+        .call::<Value>(reqwest::Method::GET, &path, None)
+        .await
+    {
+        Ok(v) => Output {
+            primary: v["agree"].clone(),
+            detail: v,
+        },
+        Err(e) => Output {
+            primary: Value::Null,
+            detail: json!({"error": e.to_string()}),
+        },
+    }
+}
+
 /// Writes at `rate` per second for `duration`, then reads back every acknowledged write.
 /// Primary: `lost` (requests sent and never answered) plus `unreadable` (acknowledged but
 /// not readable): the number a "no request lost" tolerance wants at 0.

@@ -353,6 +353,7 @@ async fn probe(http: &reqwest::Client, client: &ChaosClient, call: &Call) -> Out
             percentile,
         } => probes::latency_percentile(http, url, method, *window, *rate, *percentile).await,
         Call::ServiceStatus { service } => probes::service_status(client, service).await,
+        Call::ReplicasAgree { key } => probes::replicas_agree(client, key).await,
         Call::Load {
             url,
             verify_url,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bulwark_chaos::{ClusterMap, Node, ProcessError, Processes};
+use bulwark_chaos::{ClusterMap, Node, ProcessError, Processes, ReplicaBackend};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
@@ -90,7 +90,18 @@ pub fn cluster_map(topology: &Topology) -> ClusterMap {
         gateways: nodes(ServiceKind::Gateway),
         replicas: nodes(ServiceKind::Replica),
         services: topology.services.iter().map(|s| s.name.clone()).collect(),
-        backend: None,
+        // Data faults speak each kind's protocol.
+        backend: topology
+            .services
+            .iter()
+            .find(|s| s.kind == ServiceKind::Replica)
+            .map(|s| {
+                if s.program.file_name().is_some_and(|n| n == "redis-server") {
+                    ReplicaBackend::Redis
+                } else {
+                    ReplicaBackend::Bulwark
+                }
+            }),
         proxy_api: topology
             .services
             .iter()

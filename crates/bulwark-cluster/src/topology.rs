@@ -159,6 +159,8 @@ pub struct Topology {
     pub chaos: bool,
     /// The proxied gateway → replica links the fault proxy serves (empty without one).
     pub links: Vec<Link>,
+    /// The gateways' `CHAOS_TOKEN`, fresh for each `up`, known only to its controller.
+    pub chaos_token: Option<String>,
 }
 
 impl Topology {
@@ -195,6 +197,9 @@ impl Topology {
                         dir.into_os_string(),
                         "--appendfsync".into(),
                         args.appendfsync().as_str().into(),
+                        // Data faults of chaos experiments (BW.DEBUG), as Redis allows
+                        // DEBUG locally.
+                        "--enable-debug-command".into(),
                     ],
                 ),
                 Backend::Redis => (
@@ -234,6 +239,7 @@ impl Topology {
             gateways.push(("app_quorum", "quorum", off + QUORUM_PORT, "quorum gateway"));
         }
         let proxied = !args.no_chaos_proxy;
+        let chaos_token = format!("{:032x}", rand::random::<u128>());
         let mut links = Vec::new();
         if proxied {
             for (g, (gateway, ..)) in (1..).zip(&gateways) {
@@ -296,7 +302,9 @@ impl Topology {
                     "--backend".into(),
                     args.backend.as_str().into(),
                 ],
-                env: Vec::new(),
+                // The admin endpoint's token (clock skew); an environment variable, so it
+                // does not show in `ps`.
+                env: vec![("CHAOS_TOKEN".into(), chaos_token.clone().into())],
                 health: HealthCheck::Http {
                     path: "/health/ready".to_owned(),
                 },
@@ -313,6 +321,7 @@ impl Topology {
             echo_logs: !args.quiet,
             chaos: args.chaos,
             links,
+            chaos_token: Some(chaos_token),
         }
     }
 }
@@ -374,7 +383,8 @@ mod tests {
                 "--dir",
                 "/d/db_g1",
                 "--appendfsync",
-                "always"
+                "always",
+                "--enable-debug-command"
             ]
         );
         assert_eq!(

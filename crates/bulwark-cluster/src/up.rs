@@ -153,11 +153,12 @@ impl Cluster {
                 dir: topology.chaos_dir(),
                 enabled: topology.chaos,
                 cluster: crate::chaos::cluster_map(topology),
+                gateway_token: topology.chaos_token.clone(),
             },
             Arc::new(SupervisedProcesses(supervisor.clone())),
         )
         .await?;
-        for r in &recovered {
+        for r in recovered.iter().filter(|r| r.undone) {
             println!(
                 "bulwark up: chaos: {} {} on {} ({}) left by a previous controller",
                 if r.undone {
@@ -273,6 +274,19 @@ impl Cluster {
             }
         }
         if failed.is_empty() {
+            for r in self.chaos.finish_recovery().await {
+                println!(
+                    "bulwark up: chaos: {} {} on {} ({}) left by a previous controller",
+                    if r.undone {
+                        "removed"
+                    } else {
+                        "could NOT remove"
+                    },
+                    r.fault.kind,
+                    r.fault.target,
+                    r.fault.id
+                );
+            }
             return Ok(());
         }
         for name in &failed {

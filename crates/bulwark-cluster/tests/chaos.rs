@@ -70,6 +70,7 @@ fn topology(dir: &Path, chaos: bool) -> Topology {
         echo_logs: false,
         chaos,
         links: Vec::new(),
+        chaos_token: None,
     }
 }
 

@@ -86,6 +86,7 @@ fn topology(dir: &Path, services: Vec<ServiceSpec>) -> Topology {
         echo_logs: false,
         chaos: false,
         links: Vec::new(),
+        chaos_token: None,
     }
 }
 

@@ -59,6 +59,10 @@ pub struct GatewayConfig {
     pub in_doubt_timeout: Duration,
     /// Hints kept per replica before the oldest are dropped. `MAX_HINTS` (default 100000).
     pub max_hints: usize,
+    /// Enables the chaos admin endpoint (`/admin/chaos/clock`) for requests bearing this
+    /// token. `CHAOS_TOKEN` (default: unset, fault injection refused). `bulwark up` sets a
+    /// fresh random one per run.
+    pub chaos_token: Option<String>,
     /// Data requests served at once; beyond it requests are shed with 503 `OVERLOADED`
     /// and `Retry-After` rather than queued without bound. `MAX_IN_FLIGHT` (default 4096).
     pub max_in_flight: usize,
@@ -185,6 +189,17 @@ impl GatewayConfig {
             in_doubt_timeout,
             max_hints: s.int_in("MAX_HINTS", 100_000usize, 1..=10_000_000)?,
             max_in_flight: s.int_in("MAX_IN_FLIGHT", 4096usize, 1..=1_000_000)?,
+            chaos_token: match s.get("CHAOS_TOKEN") {
+                None | Some("") => None,
+                Some(t) if t.len() < 16 => {
+                    return Err(ConfigError::invalid(
+                        "CHAOS_TOKEN",
+                        "<redacted>",
+                        "must be at least 16 characters",
+                    ));
+                }
+                Some(t) => Some(t.to_owned()),
+            },
         })
     }
 }

@@ -548,3 +548,26 @@ impl Emit for ToxicChanged<'_> {
         );
     }
 }
+
+/// A gateway's HLC clock source was skewed (or reset) by the chaos control plane
+/// (`CLOCK_SKEW`, WARNING).
+#[derive(Debug)]
+pub struct ClockSkew<'a> {
+    /// The gateway.
+    pub service: &'a str,
+    /// The offset now added to its clock readings.
+    pub offset_ms: i64,
+    /// The offset before.
+    pub previous_offset_ms: i64,
+}
+
+impl Emit for ClockSkew<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            event = "CLOCK_SKEW",
+            service = self.service,
+            offset_ms = self.offset_ms,
+            previous_offset_ms = self.previous_offset_ms,
+        );
+    }
+}

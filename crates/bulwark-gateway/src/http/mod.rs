@@ -10,6 +10,7 @@
 //!
 //! The body limit is set per route from `MAX_VALUE_BYTES`.
 
+mod admin;
 mod error;
 mod openapi;
 mod seed;
@@ -67,6 +68,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/circuit-breaker", get(circuit_breaker))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::document))
+        .route(
+            "/admin/chaos/clock",
+            get(admin::get_clock)
+                .put(admin::set_clock)
+                .delete(admin::reset_clock),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), shed))
@@ -112,7 +119,12 @@ async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
 async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let exempt = matches!(
         req.uri().path(),
-        "/health" | "/health/live" | "/health/ready" | "/metrics" | "/circuit-breaker"
+        "/health"
+            | "/health/live"
+            | "/health/ready"
+            | "/metrics"
+            | "/circuit-breaker"
+            | "/admin/chaos/clock"
     );
     if exempt {
         return next.run(req).await;
@@ -149,6 +161,7 @@ fn operation(method: &Method, route: Option<&str>) -> &'static str {
         (Some("/circuit-breaker"), _) => "circuit_breaker",
         (Some("/metrics"), _) => "metrics",
         (Some("/openapi.json"), _) => "openapi",
+        (Some("/admin/chaos/clock"), _) => "admin",
         _ => "other",
     }
 }

@@ -7,6 +7,7 @@
 //! | `BW.PREPARE` | key version coordinator tomb value | `["OK"\|"STALE"\|"BUSY", committed_version\|nil]` |
 //! | `BW.COMMIT` | key version | `1` if it was pending, else `0` |
 //! | `BW.ABORT` | key version | `1` if it was pending, else `0` |
+//! | `BW.DEBUG` | `CORRUPT key value` \| `DROP key` | `[version, old_value]` or nil (data faults; needs `--enable-debug-command`) |
 //!
 //! Versions are 24 lowercase hex digits; `tomb` is `0` or `1` (with `1`, the value
 //! argument may be omitted and is ignored). Error messages match the Redis function
@@ -162,6 +163,50 @@ pub(super) async fn abort(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -
     let (found, ticket) = shared.store.abort_deferred(key, ver)?;
     encode::integer(out, i64::from(found));
     Ok(Flow::written(ticket))
+}
+
+/// `BW.DEBUG CORRUPT key value` | `BW.DEBUG DROP key`: data faults for chaos experiments
+/// (SPEC CHAOS-1), refused unless the node runs with `--enable-debug-command`.
+///
+/// * `CORRUPT` replaces the committed value, keeping its version (silent corruption);
+///   replies `[version, old_value]`, or nil if the key holds no value.
+/// * `DROP` forgets the committed record, leaving no tombstone (lost data); replies
+///   `[version, old_value|nil]`, or nil if there was none.
+pub(super) fn debug(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    if !shared.debug_commands {
+        return err(
+            out,
+            "ERR BW.DEBUG is disabled; start the node with --enable-debug-command",
+        );
+    }
+    let reply = |out: &mut BytesMut, r: Option<(Version, Option<Bytes>)>| match r {
+        None => encode::null(out),
+        Some((v, old)) => {
+            encode::array_len(out, 2);
+            encode::bulk(out, v.to_string().as_bytes());
+            match old {
+                Some(o) => encode::bulk(out, &o),
+                None => encode::null(out),
+            }
+        }
+    };
+    match args {
+        [_, sub, key, value] if sub.eq_ignore_ascii_case(b"corrupt") => {
+            let r = shared.store.debug_overwrite(key, value)?;
+            reply(out, r.map(|(v, old)| (v, Some(old))));
+            Ok(Flow::default())
+        }
+        [_, sub, key] if sub.eq_ignore_ascii_case(b"drop") => {
+            let r = shared.store.debug_drop(key)?;
+            reply(out, r);
+            Ok(Flow::default())
+        }
+        [_] => wrong_arity(args, out),
+        _ => err(
+            out,
+            "ERR usage: BW.DEBUG CORRUPT key value | BW.DEBUG DROP key",
+        ),
+    }
 }
 
 #[cfg(test)]

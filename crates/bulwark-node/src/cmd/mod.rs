@@ -47,12 +47,13 @@ pub enum Cmd {
     BwPrepare,
     BwCommit,
     BwAbort,
+    BwDebug,
     Unknown,
 }
 
 /// Names as clients send them (matched case-insensitively) and as metric labels
 /// (lower case), in [`Cmd`] order.
-const TABLE: [(&str, Cmd); 23] = [
+const TABLE: [(&str, Cmd); 24] = [
     ("ping", Cmd::Ping),
     ("echo", Cmd::Echo),
     ("get", Cmd::Get),
@@ -75,6 +76,7 @@ const TABLE: [(&str, Cmd); 23] = [
     ("bw.prepare", Cmd::BwPrepare),
     ("bw.commit", Cmd::BwCommit),
     ("bw.abort", Cmd::BwAbort),
+    ("bw.debug", Cmd::BwDebug),
     ("unknown", Cmd::Unknown),
 ];
 
@@ -184,6 +186,7 @@ pub async fn execute(
         Cmd::BwPrepare => bw::prepare(shared, args, out).await,
         Cmd::BwCommit => bw::commit(shared, args, out).await,
         Cmd::BwAbort => bw::abort(shared, args, out).await,
+        Cmd::BwDebug => bw::debug(shared, args, out),
         Cmd::Unknown => {
             unknown(args, out);
             Ok(Flow::default())
