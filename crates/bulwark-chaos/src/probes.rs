@@ -191,13 +191,20 @@ pub async fn load(
     let every = Duration::from_secs_f64(1.0 / f64::from(rate));
     let gate = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let start = Instant::now();
+    // A fresh connection per write: a request sent on an idle keep-alive connection that
+    // the server is closing at that moment would fail without having been read, and be
+    // miscounted as lost.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_else(|_| http.clone());
     let mut tasks = Vec::new();
     for i in 0..total {
         tokio::time::sleep_until(start + every * i as u32).await;
         let Ok(permit) = gate.clone().acquire_owned().await else {
             break;
         };
-        let req = http
+        let req = fresh
             .post(url.replace("{i}", &i.to_string()))
             .timeout(LOAD_REQUEST_TIMEOUT);
         tasks.push(tokio::spawn(async move {
