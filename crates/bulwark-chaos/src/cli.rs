@@ -52,6 +52,10 @@ pub enum ChaosCommand {
         #[command(flatten)]
         opts: ControlOpts,
     },
+    /// Internal: a resource burner started by the controller for a CPU, memory or disk
+    /// fault; it stops at `--until-ms` by itself.
+    #[command(hide = true)]
+    Burn(crate::resource::BurnArgs),
     /// Remove an active fault by id.
     Remove {
         /// The fault's id (`f-…`).
@@ -112,6 +116,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let result = match &command {
         ChaosCommand::Run(args) => return Ok(run_file(args, interrupt).await),
+        ChaosCommand::Burn(args) => return burn(args.clone(), interrupt).await,
         ChaosCommand::Enable(o) => switch(o, true).await,
         ChaosCommand::Disable(o) => switch(o, false).await,
         ChaosCommand::Status(o) => status(o).await,
@@ -187,6 +192,25 @@ async fn inject(fault: &str, ttl: Duration, o: &ControlOpts) -> Result<(), Clien
         );
     }
     Ok(())
+}
+
+/// Runs a burner on its own thread; SIGTERM/SIGINT (`interrupt`) ends it early, cleaned up.
+async fn burn(
+    args: crate::resource::BurnArgs,
+    interrupt: impl Future<Output = String>,
+) -> anyhow::Result<ExitCode> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let worker = tokio::task::spawn_blocking(move || crate::resource::burn(&args, &flag));
+    let mut worker = std::pin::pin!(worker);
+    tokio::select! {
+        r = &mut worker => r??,
+        _ = interrupt => {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            worker.await??;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// An indicatif spinner on stderr (hidden when stderr is not a terminal).

@@ -118,6 +118,8 @@ pub struct ControllerConfig {
     pub enabled: bool,
     /// The cluster it may break.
     pub cluster: ClusterMap,
+    /// The `bulwark` executable, run as `bulwark chaos burn` for resource faults.
+    pub burner: Option<PathBuf>,
     /// The token of the gateways' chaos admin endpoint (`CHAOS_TOKEN`); never journaled
     /// nor shown.
     pub gateway_token: Option<String>,
@@ -139,6 +141,8 @@ struct Inner {
     http: reqwest::Client,
     /// Their token.
     gateway_token: Option<String>,
+    /// The executable of burners.
+    burner: Option<PathBuf>,
     enabled: AtomicBool,
     journal: Mutex<Journal>,
     active: Mutex<BTreeMap<String, Running>>,
@@ -191,6 +195,7 @@ impl Controller {
                     .build()
                     .unwrap_or_default(),
                 gateway_token: config.gateway_token,
+                burner: config.burner,
                 cluster: config.cluster,
                 processes,
                 enabled: AtomicBool::new(config.enabled),
@@ -409,6 +414,17 @@ impl Controller {
                     signal: Signal::SIGCONT.as_str().to_owned(),
                 }]
             }
+            Fault::CpuBurn { .. } | Fault::MemoryHog { .. } => vec![Undo::StopBurner {
+                fault_id: id.to_owned(),
+            }],
+            Fault::DiskFill { dir, .. } => vec![
+                Undo::StopBurner {
+                    fault_id: id.to_owned(),
+                },
+                Undo::RemoveFile {
+                    path: crate::resource::fill_path(dir, id),
+                },
+            ],
             Fault::Corrupt {
                 replica,
                 key,
@@ -565,6 +581,21 @@ impl Controller {
                     .map_err(text)
             }
             Fault::Restart { service } => procs.restart(service).await.map_err(text),
+            Fault::CpuBurn { workers } => {
+                self.spawn_burner(entry, &["--cpu".into(), workers.to_string()])
+            }
+            Fault::MemoryHog { megabytes } => {
+                self.spawn_burner(entry, &["--memory-mb".into(), megabytes.to_string()])
+            }
+            Fault::DiskFill { dir, megabytes } => self.spawn_burner(
+                entry,
+                &[
+                    "--disk-mb".into(),
+                    megabytes.to_string(),
+                    "--dir".into(),
+                    dir.display().to_string(),
+                ],
+            ),
             Fault::Corrupt {
                 replica,
                 key,
@@ -703,6 +734,23 @@ impl Controller {
                     Err(e) => Err(e.to_string()),
                 }
             }
+            Undo::StopBurner { fault_id } => {
+                for pid in crate::resource::burners_of(fault_id) {
+                    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+                }
+                // Wait (bounded by the retries) until they are gone, so their file is.
+                if crate::resource::burners_of(fault_id).is_empty() {
+                    Ok(())
+                } else {
+                    Err("burner still running".into())
+                }
+            }
+            Undo::RemoveFile { path } => match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            },
             Undo::RestoreValue {
                 port,
                 backend,
@@ -762,6 +810,33 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Starts a burner for `entry` (its own process group, so Ctrl-C in `up`'s terminal
+    /// does not reach it, and not killed with `up`: it ends at its deadline by itself).
+    fn spawn_burner(&self, entry: &Entry, args: &[String]) -> Result<(), String> {
+        let exe = self
+            .inner
+            .burner
+            .as_ref()
+            .ok_or("no burner executable configured")?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(["chaos", "burn"])
+            .args(args)
+            .args(["--until-ms", &entry.expires_at_ms.to_string()])
+            .args(["--fault-id", &entry.id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        // Reap it when it ends, so it does not linger as a zombie of `up`.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(())
     }
 
     /// A replica's kind and port.

@@ -4,6 +4,7 @@
 //! planned into [`Undo`] steps (what removing it takes) before it is applied; see
 //! `docs/ARCHITECTURE.md`, "Journal and TTL invariants".
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::cluster::{ClusterMap, Link, ReplicaBackend};
 use crate::partition::{self, Shape, ShapeArgs, Stream};
+use crate::resource::{MAX_DISK_MB, MAX_MEMORY_MB, MAX_WORKERS};
 use crate::toxiproxy::Toxic;
 
 /// The longest a fault may live: a forgotten fault must not outlast a game day.
@@ -215,6 +217,24 @@ pub enum Fault {
         #[serde(default = "yes")]
         restore: bool,
     },
+    /// Spin `workers` CPU threads in a burner process until the fault ends.
+    CpuBurn {
+        /// Threads (1 to 64).
+        workers: u32,
+    },
+    /// Hold `megabytes` MiB of memory in a burner process until the fault ends.
+    MemoryHog {
+        /// MiB (1 to 8192).
+        megabytes: u64,
+    },
+    /// Fill `megabytes` MiB of disk in `dir` until the fault ends (the file is deleted
+    /// then).
+    DiskFill {
+        /// The directory (it must exist).
+        dir: PathBuf,
+        /// MiB (1 to 65536).
+        megabytes: u64,
+    },
     /// A network partition of the given shape over `nodes` (default: every gateway, then
     /// every replica, in topology order); see `crate::partition`.
     Partition {
@@ -319,6 +339,9 @@ impl Fault {
             Fault::ClockSkew { .. } => "clock_skew",
             Fault::Corrupt { .. } => "corrupt",
             Fault::DropKey { .. } => "drop_key",
+            Fault::CpuBurn { .. } => "cpu_burn",
+            Fault::MemoryHog { .. } => "memory_hog",
+            Fault::DiskFill { .. } => "disk_fill",
         }
     }
 
@@ -534,6 +557,9 @@ impl Fault {
             Fault::Corrupt { replica, key, .. } | Fault::DropKey { replica, key, .. } => {
                 format!("{replica} key {key}")
             }
+            Fault::CpuBurn { workers } => format!("{workers} CPU worker(s)"),
+            Fault::MemoryHog { megabytes } => format!("{megabytes} MiB of memory"),
+            Fault::DiskFill { dir, megabytes } => format!("{megabytes} MiB in {}", dir.display()),
             Fault::Partition {
                 shape,
                 node,
@@ -581,6 +607,9 @@ impl Fault {
         }
         match self {
             Fault::ClockSkew { gateway, .. } => vec![gateway.clone()],
+            Fault::CpuBurn { .. } | Fault::MemoryHog { .. } | Fault::DiskFill { .. } => {
+                vec!["host".to_owned()]
+            }
             Fault::Corrupt { replica, .. } | Fault::DropKey { replica, .. } => {
                 vec![replica.clone()]
             }
@@ -610,6 +639,23 @@ impl Fault {
                 Ok(())
             }
             Fault::Partition { .. } => self.partition_cuts(cluster).map(drop),
+            Fault::CpuBurn { workers } => {
+                in_range("workers", u64::from(*workers), MAX_WORKERS.into())
+            }
+            Fault::MemoryHog { megabytes } => in_range("megabytes", *megabytes, MAX_MEMORY_MB),
+            Fault::DiskFill { dir, megabytes } => {
+                in_range("megabytes", *megabytes, MAX_DISK_MB)?;
+                if !dir.is_absolute() || !dir.is_dir() {
+                    return Err(FaultError::new(
+                        "dir",
+                        format!(
+                            "'{}' is not an existing directory (an absolute path)",
+                            dir.display()
+                        ),
+                    ));
+                }
+                Ok(())
+            }
             Fault::Corrupt { replica, key, .. } | Fault::DropKey { replica, key, .. } => {
                 if cluster.replica(replica).is_none() {
                     let known: Vec<&str> =
@@ -659,6 +705,17 @@ impl Fault {
                 Ok(())
             }
         }
+    }
+}
+
+fn in_range(field: &str, v: u64, max: u64) -> Result<(), FaultError> {
+    if (1..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(FaultError::new(
+            field,
+            format!("must be between 1 and {max}"),
+        ))
     }
 }
 
@@ -800,6 +857,17 @@ pub enum Undo {
         version: String,
         /// The value, base64; `None` for a tombstone.
         value_b64: Option<String>,
+    },
+    /// Stop the burner processes of a resource fault (found by the fault id on their
+    /// command line) with SIGTERM; they clean up after themselves.
+    StopBurner {
+        /// The fault's id.
+        fault_id: String,
+    },
+    /// Delete a file (a disk fill left by a burner that was killed).
+    RemoveFile {
+        /// The file.
+        path: PathBuf,
     },
     /// Delete a toxic from a proxy of the fault proxy.
     DeleteToxic {

@@ -27,6 +27,7 @@ pub mod partition;
 pub mod probes;
 pub mod processes;
 pub mod report;
+pub mod resource;
 pub mod runner;
 pub mod tolerance;
 pub mod toxiproxy;

@@ -154,6 +154,7 @@ impl Cluster {
                 enabled: topology.chaos,
                 cluster: crate::chaos::cluster_map(topology),
                 gateway_token: topology.chaos_token.clone(),
+                burner: std::env::current_exe().ok(),
             },
             Arc::new(SupervisedProcesses(supervisor.clone())),
         )

@@ -505,3 +505,141 @@ async fn bad_experiments_and_a_disabled_switch_stop_a_run_before_any_fault() {
     assert!(out.status.success());
     assert_eq!(status().await["enabled"], true);
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU, memory and disk faults run in burner processes that end at their deadline by
+/// themselves (without any controller), and that the controller stops early on removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_faults_are_bounded_and_end_by_themselves() {
+    // A burner alone: fills its file, then deletes it and exits 0 at its deadline.
+    let dir = tempfile::tempdir().expect("dir");
+    let began = now_ms();
+    let mut burner = bulwark()
+        .args([
+            "chaos",
+            "burn",
+            "--disk-mb",
+            "5",
+            "--fault-id",
+            "f-alone",
+            "--until-ms",
+        ])
+        .arg((began + 1500).to_string())
+        .arg("--dir")
+        .arg(dir.path())
+        .spawn()
+        .expect("burner");
+    let fill = dir.path().join("bulwark-chaos-f-alone.fill");
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            std::fs::metadata(&fill).is_ok_and(|m| m.len() == 5 << 20)
+        })
+        .await
+    );
+    let status = tokio::task::spawn_blocking(move || burner.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success());
+    assert!(now_ms() >= began + 1500, "not before its deadline");
+    assert!(!fill.exists(), "it cleaned up");
+    let out = bulwark()
+        .args([
+            "chaos",
+            "burn",
+            "--cpu",
+            "65",
+            "--fault-id",
+            "x",
+            "--until-ms",
+            "1",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "bounded: at most 64 workers");
+
+    // Through the controller.
+    let _cluster = Cluster::start(&[]).await;
+    let (s, f) = inject(
+        json!({"type": "disk_fill", "dir": dir.path(), "megabytes": 3}),
+        1500,
+    )
+    .await;
+    assert_eq!(s, 201, "{f}");
+    let id = f["id"].as_str().expect("id").to_owned();
+    let fill = dir.path().join(format!("bulwark-chaos-{id}.fill"));
+    assert!(wait_for(Duration::from_secs(10), || async { fill.exists() }).await);
+    assert!(
+        wait_for(Duration::from_secs(10), || async { !fill.exists() }).await,
+        "gone at the TTL"
+    );
+
+    let (s, f) = inject(json!({"type": "memory_hog", "megabytes": 32}), 60_000).await;
+    assert_eq!(s, 201, "{f}");
+    let id = f["id"].as_str().expect("id").to_owned();
+    let pid = wait_for_pid(&id).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            rss_kib(pid) >= 32 * 1024
+        })
+        .await,
+        "32 MiB resident"
+    );
+    let (s, f) = inject(json!({"type": "cpu_burn", "workers": 1}), 60_000).await;
+    assert_eq!(s, 201, "{f}");
+    let cpu = f["id"].as_str().expect("id").to_owned();
+    wait_for_pid(&cpu).await;
+    remove(&id).await;
+    assert!(
+        bulwark_chaos::resource::burners_of(&id).is_empty(),
+        "stopped on removal"
+    );
+    let r = client()
+        .post(format!("{CONTROL_URL}/api/v1/chaos/disable"))
+        .send()
+        .await
+        .expect("disable");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        bulwark_chaos::resource::burners_of(&cpu).is_empty(),
+        "stopped on disable"
+    );
+    let (s, body) = inject(
+        json!({"type": "disk_fill", "dir": "relative", "megabytes": 1}),
+        1000,
+    )
+    .await;
+    assert_eq!(s, 403, "disabled first: {body}");
+}
+
+async fn wait_for_pid(fault_id: &str) -> u32 {
+    let mut found = 0;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let pids = bulwark_chaos::resource::burners_of(fault_id);
+            found = pids.first().copied().unwrap_or(0);
+            async move { !pids.is_empty() }
+        })
+        .await,
+        "burner of {fault_id} running"
+    );
+    found
+}
