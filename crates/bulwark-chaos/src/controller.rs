@@ -157,6 +157,8 @@ struct Inner {
 struct Running {
     entry: Entry,
     cancel: CancellationToken,
+    /// Being removed: still listed (its undo is running) but not removable twice.
+    removing: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -320,6 +322,7 @@ impl Controller {
             Running {
                 entry,
                 cancel: cancel.clone(),
+                removing: false,
             },
         );
         let me = self.clone();
@@ -335,14 +338,22 @@ impl Controller {
     }
 
     /// Removes one active fault (its undo steps, then the journal record).
+    /// It stays listed until its undo is done, so "no active fault" means "nothing left
+    /// in effect".
     pub async fn remove(&self, id: &str, reason: &str) -> Result<ActiveFault, ChaosError> {
-        let running = lock(&self.inner.active)
-            .remove(id)
-            .ok_or_else(|| ChaosError::NotFound(id.to_owned()))?;
-        running.cancel.cancel();
-        let entry = running.entry;
+        let entry = {
+            let mut active = lock(&self.inner.active);
+            let running = active
+                .get_mut(id)
+                .filter(|r| !r.removing)
+                .ok_or_else(|| ChaosError::NotFound(id.to_owned()))?;
+            running.removing = true;
+            running.cancel.cancel();
+            running.entry.clone()
+        };
         let view = ActiveFault::of(&entry, &self.inner.cluster);
         let undone = self.undo_all(&entry.undo, false).await;
+        lock(&self.inner.active).remove(id);
         let reason = if undone { reason } else { "undo_failed" };
         if undone {
             self.journal_removed(&entry.id, reason).await?;
@@ -368,7 +379,7 @@ impl Controller {
     async fn remove_where(&self, pick: impl Fn(&Entry) -> bool, reason: &str) -> usize {
         let ids: Vec<String> = lock(&self.inner.active)
             .values()
-            .filter(|r| pick(&r.entry))
+            .filter(|r| !r.removing && pick(&r.entry))
             .map(|r| r.entry.id.clone())
             .collect();
         let removals = ids.iter().map(|id| self.remove(id, reason));

@@ -22,6 +22,8 @@ use crate::report::{ActivityResult, FaultRecord, Report, RunStatus};
 
 /// How often the runner looks whether its faults are gone and the steady state is back.
 const POLL: Duration = Duration::from_millis(100);
+/// How long the steady state may take to hold before the method starts.
+const STEADY_BEFORE_WAIT: Duration = Duration::from_secs(10);
 /// Slack over the longest TTL when waiting for the controller to remove the faults.
 const TTL_SLACK: Duration = Duration::from_secs(10);
 
@@ -158,21 +160,31 @@ impl Run {
                 "chaos is disabled: run `bulwark chaos enable` first".into(),
             ));
         }
-        // 1. The steady state must hold before anything is broken.
+        // 1. The steady state must hold before anything is broken. It is polled for a
+        //    short while (a cluster still settling after the previous experiment, a
+        //    health flag a loaded machine has not refreshed yet); only the last attempt
+        //    is reported.
         progress.step("steady state before");
-        for s in &plan.hypothesis {
-            let a = self.activity("before", s).await;
-            let failed = a.failed();
-            self.report.activities.push(a);
-            if failed {
-                return Err((
-                    RunStatus::Aborted,
-                    format!(
-                        "steady state not met before the method ('{}'): nothing injected",
-                        s.name
-                    ),
-                ));
+        let deadline = Instant::now() + STEADY_BEFORE_WAIT;
+        loop {
+            let mut results = Vec::new();
+            for s in &plan.hypothesis {
+                results.push(self.activity("before", s).await);
             }
+            let failed = results.iter().find(|a| a.failed()).map(|a| a.name.clone());
+            if failed.is_none() || Instant::now() >= deadline {
+                self.report.activities.extend(results);
+                if let Some(name) = failed {
+                    return Err((
+                        RunStatus::Aborted,
+                        format!(
+                            "steady state not met before the method ('{name}'): nothing injected"
+                        ),
+                    ));
+                }
+                break;
+            }
+            tokio::time::sleep(POLL * 5).await;
         }
         // 2. The method; background activities run alongside and are joined at its end.
         let mut background: Vec<BoxFuture<'static, ActivityResult>> = Vec::new();

@@ -161,15 +161,8 @@ impl Cluster {
         .await?;
         for r in recovered.iter().filter(|r| r.undone) {
             println!(
-                "bulwark up: chaos: {} {} on {} ({}) left by a previous controller",
-                if r.undone {
-                    "removed"
-                } else {
-                    "could NOT remove"
-                },
-                r.fault.kind,
-                r.fault.target,
-                r.fault.id
+                "bulwark up: chaos: removed {} on {} ({}) left by a previous controller",
+                r.fault.kind, r.fault.target, r.fault.id
             );
         }
         // The control port is bound for real (and kept), the others only tried.
