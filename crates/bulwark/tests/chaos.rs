@@ -37,13 +37,17 @@ struct Cluster {
 
 impl Cluster {
     async fn start(args: &[&str]) -> Cluster {
+        Cluster::start_in(tempfile::tempdir().expect("temp dir"), args).await
+    }
+
+    /// Starts `up` on an existing data directory (a restart after a crash).
+    async fn start_in(data: tempfile::TempDir, args: &[&str]) -> Cluster {
         for port in PORTS {
             assert!(
                 std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
                 "port {port} is in use: another chaos test cluster is running"
             );
         }
-        let data = tempfile::tempdir().expect("temp dir");
         let child = bulwark()
             .args(["up", "--quiet", "--chaos", "--port-offset", OFFSET])
             .arg("--data-dir")
@@ -78,6 +82,32 @@ impl Cluster {
 
     fn journal(&self) -> String {
         std::fs::read_to_string(self.data.path().join("chaos/journal.jsonl")).unwrap_or_default()
+    }
+
+    /// The machine "loses power": `up` and every service it runs are SIGKILLed at once,
+    /// nothing gets to clean up. Returns the data directory.
+    async fn crash(mut self) -> tempfile::TempDir {
+        let services = get(&client(), format!("{CONTROL_URL}/api/v1/services"))
+            .await
+            .1;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for s in services.as_array().into_iter().flatten() {
+            if let Some(pid) = s["pid"].as_i64() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+        let free = wait_for(Duration::from_secs(20), || async {
+            PORTS
+                .iter()
+                .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        })
+        .await;
+        assert!(free, "every port is released");
+        let tmp = tempfile::tempdir().expect("placeholder");
+        std::mem::replace(&mut self.data, tmp)
     }
 }
 
@@ -642,4 +672,64 @@ async fn wait_for_pid(fault_id: &str) -> u32 {
         "burner of {fault_id} running"
     );
     found
+}
+
+/// A controller that died with its cluster (SIGKILL of everything) leaves a journal; the
+/// next `up` on the same data directory undoes what it lists. Here: a corrupted record on
+/// db_g2, whose bytes survive the crash on disk, is restored once db_g2 runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_up_undoes_the_faults_a_dead_controller_left() {
+    let cluster = Cluster::start(&[]).await;
+    let c = client();
+    let (s, body) = post(&c, format!("{CP_URL}/write/chaos-crash/intact")).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, f) = inject(
+        json!({"type": "corrupt", "replica": "db_g2", "key": "chaos-crash", "value": "garbage"}),
+        600_000,
+    )
+    .await;
+    assert_eq!(s, 201, "{f}");
+    let id = f["id"].as_str().expect("id").to_owned();
+    let agree = || async {
+        get(
+            &client(),
+            format!("{CONTROL_URL}/api/v1/chaos/replicas/chaos-crash"),
+        )
+        .await
+        .1["agree"]
+            .clone()
+    };
+    assert_eq!(agree().await, false, "corrupted");
+
+    let data = cluster.crash().await;
+    let journal =
+        std::fs::read_to_string(data.path().join("chaos/journal.jsonl")).expect("journal");
+    assert!(
+        journal.contains(&id) && !journal.contains("\"op\":\"remove\""),
+        "{journal}"
+    );
+
+    let cluster = Cluster::start_in(data, &[]).await;
+    assert!(
+        wait_for(Duration::from_secs(20), || async { agree().await == true }).await,
+        "restored by the new controller"
+    );
+    assert!(
+        cluster
+            .journal()
+            .contains(&format!("\"id\":\"{id}\",\"reason\":\"recovered\"")),
+        "{}",
+        cluster.journal()
+    );
+    let (_, body) = get(
+        &c,
+        format!("{CONTROL_URL}/api/v1/chaos/replicas/chaos-crash"),
+    )
+    .await;
+    assert_eq!(body["replicas"]["db_g2"]["value"], "intact", "{body}");
+    assert!(
+        status().await["active"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
 }
