@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite in one command. It first provisions what the tests need when it is
-# missing (redis-server >= 7 from Debian's packages, cargo-nextest from crates.io), so it
+# missing (redis-server >= 7 from Debian's packages, cargo-nextest from crates.io,
+# toxiproxy-python from PyPI), so it
 # works on a fresh Debian machine as root (or with sudo) as well as on a prepared one.
 #
 #   scripts/test.sh            # everything
@@ -25,6 +26,18 @@ if [ "${redis_major:-0}" -lt 7 ]; then
 fi
 # The tests start their own redis-server processes on free ports; the system service
 # (port 6379) is neither needed nor touched.
+
+# The fault proxy's compatibility test drives it with a real Toxiproxy client from PyPI.
+if ! python3 -c 'import toxiproxy' >/dev/null 2>&1; then
+  echo "test.sh: installing toxiproxy-python" >&2
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip
+  fi
+  # Debian's python refuses user-level pip installs (PEP 668) unless told otherwise.
+  python3 -m pip install --quiet toxiproxy-python 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages toxiproxy-python
+fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test.sh: installing cargo-nextest" >&2

@@ -51,6 +51,20 @@ pub struct UpArgs {
     /// How long a service may take to become healthy at start-up before `up` gives up.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub startup_timeout: u64,
+
+    /// Add this to every port (gateways, replicas, links, fault proxy, control API), to run
+    /// a second cluster beside one on the seed's ports (e.g. 10000: AP gateway on 15001).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=50000))]
+    pub port_offset: u16,
+
+    /// Let gateways reach replicas directly, without the fault proxy `chaos_proxy` (no
+    /// network faults then).
+    #[arg(long)]
+    pub no_chaos_proxy: bool,
+
+    /// Allow fault injection from the start (otherwise `bulwark chaos enable` is needed).
+    #[arg(long, env = "CHAOS_ENABLED", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub chaos: bool,
 }
 
 /// The storage engine behind each replica.

@@ -7,12 +7,15 @@
 //! * [`supervisor`]: one actor per service owns its process; restart policy (SPEC CAP-9),
 //!   health probes, ordered start and stop.
 //! * [`logs`]: per-service log files and the merged, readable terminal stream.
-//! * [`control`]: the HTTP control API on 127.0.0.1:7070; [`client`]: its client.
+//! * [`control`]: the HTTP control API on 127.0.0.1:7070 (with the chaos routes of
+//!   `bulwark-chaos`); [`client`]: its client; [`chaos`]: the supervisor as the chaos
+//!   controller's `Processes`.
 //! * [`up`] and [`ctl`]: the two subcommands.
 
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod chaos;
 pub mod client;
 pub mod control;
 pub mod ctl;

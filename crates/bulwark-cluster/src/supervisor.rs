@@ -101,6 +101,9 @@ pub enum Action {
     Restart,
     /// Send this signal; the restart policy decides what happens when it exits.
     Kill(Signal),
+    /// Send this signal only if the running process still has this pid (a fault planned
+    /// against one process must not hit its successor).
+    KillPid(Signal, u32),
 }
 
 /// Why an action was refused.
@@ -362,15 +365,17 @@ impl Supervisor {
     }
 
     /// Starts everything in dependency order: replicas, then (once they are all healthy)
-    /// gateways. Returns the services that did not become healthy (gateways are not
-    /// started if a replica failed).
+    /// the fault proxy, then gateways. Returns the services that did not become healthy
+    /// (later kinds are not started if an earlier one failed).
     pub async fn start_all(
         &self,
         progress: &(dyn Fn(&str, Option<Duration>) + Sync),
     ) -> Vec<String> {
-        let failed = self.start_kind(ServiceKind::Replica, progress).await;
-        if !failed.is_empty() {
-            return failed;
+        for kind in [ServiceKind::Replica, ServiceKind::Proxy] {
+            let failed = self.start_kind(kind, progress).await;
+            if !failed.is_empty() {
+                return failed;
+            }
         }
         self.start_kind(ServiceKind::Gateway, progress).await
     }
@@ -380,7 +385,11 @@ impl Supervisor {
     /// Returns once every process has ended and every actor has finished.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
-        for kind in [ServiceKind::Gateway, ServiceKind::Replica] {
+        for kind in [
+            ServiceKind::Gateway,
+            ServiceKind::Proxy,
+            ServiceKind::Replica,
+        ] {
             let stops = self
                 .services
                 .iter()
@@ -519,15 +528,21 @@ impl Actor {
                 self.spawn();
                 Ok(())
             }
-            Action::Kill(sig) => {
-                let pid = self.child.as_ref().and_then(|r| r.child.id());
-                let pid = pid.ok_or_else(|| ActionError::NotRunning(self.spec.name.clone()))?;
-                signal(pid, sig).map_err(|source| ActionError::Signal {
-                    name: self.spec.name.clone(),
-                    source,
-                })
-            }
+            Action::Kill(sig) => self.signal_child(sig, None),
+            Action::KillPid(sig, pid) => self.signal_child(sig, Some(pid)),
         }
+    }
+
+    /// Signals the running child (only if its pid is `only_pid`, when given).
+    fn signal_child(&self, sig: Signal, only_pid: Option<u32>) -> Result<(), ActionError> {
+        let pid = self.child.as_ref().and_then(|r| r.child.id());
+        let pid = pid
+            .filter(|p| only_pid.is_none_or(|want| want == *p))
+            .ok_or_else(|| ActionError::NotRunning(self.spec.name.clone()))?;
+        signal(pid, sig).map_err(|source| ActionError::Signal {
+            name: self.spec.name.clone(),
+            source,
+        })
     }
 
     /// Starts the process; on failure the service is `crashed` and retried after the backoff.

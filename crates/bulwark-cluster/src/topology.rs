@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use bulwark_chaos::Link;
+
 use crate::args::{Backend, UpArgs};
 
 /// First replica port (`db_g1`); replica `i` (1-based) listens on `6400 + i`.
@@ -21,9 +23,20 @@ pub const AP_PORT: u16 = 5001;
 pub const CP_PORT: u16 = 5002;
 /// Quorum gateway port (`app_quorum`).
 pub const QUORUM_PORT: u16 = 5003;
+/// Toxiproxy API port of the fault proxy (`chaos_proxy`), Toxiproxy's default.
+pub const CHAOS_PROXY_PORT: u16 = 8474;
+
+/// The port of the proxied link from gateway `g` (1-based: 1 app_ap, 2 app_cp, 3
+/// app_quorum) to replica `r` (1-based): `6400 + 100·g + r`, so app_ap's links are 65xx,
+/// app_cp's 66xx, app_quorum's 67xx (docs/ARCHITECTURE.md, "The fault proxy and the port
+/// scheme").
+pub fn link_port(g: u16, r: u16) -> u16 {
+    REPLICA_BASE_PORT + 100 * g + r
+}
 
 /// The role of a service, which decides its start and stop order: replicas start first and
-/// stop last, as gateways depend on them (`depends_on: service_healthy`).
+/// stop last, as gateways depend on them (`depends_on: service_healthy`); the fault proxy
+/// sits between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
@@ -31,6 +44,8 @@ pub enum ServiceKind {
     Replica,
     /// An HTTP gateway in front of the replicas.
     Gateway,
+    /// The fault proxy between gateways and replicas (`chaos_proxy`).
+    Proxy,
 }
 
 impl ServiceKind {
@@ -39,6 +54,7 @@ impl ServiceKind {
         match self {
             ServiceKind::Replica => "replica",
             ServiceKind::Gateway => "gateway",
+            ServiceKind::Proxy => "proxy",
         }
     }
 }
@@ -84,7 +100,7 @@ impl ServiceSpec {
     /// replicas).
     pub fn url(&self) -> String {
         match self.kind {
-            ServiceKind::Gateway => format!("http://127.0.0.1:{}", self.port),
+            ServiceKind::Gateway | ServiceKind::Proxy => format!("http://127.0.0.1:{}", self.port),
             ServiceKind::Replica => format!("redis://127.0.0.1:{}", self.port),
         }
     }
@@ -139,6 +155,12 @@ pub struct Topology {
     pub policy: Policy,
     /// Echo service logs to the terminal as a merged, readable stream.
     pub echo_logs: bool,
+    /// Initial state of the chaos safety switch (`--chaos`, `CHAOS_ENABLED`).
+    pub chaos: bool,
+    /// The proxied gateway → replica links the fault proxy serves (empty without one).
+    pub links: Vec<Link>,
+    /// The gateways' `CHAOS_TOKEN`, fresh for each `up`, known only to its controller.
+    pub chaos_token: Option<String>,
 }
 
 impl Topology {
@@ -147,12 +169,18 @@ impl Topology {
         self.data_dir.join("logs")
     }
 
+    /// The directory of the chaos controller's journal.
+    pub fn chaos_dir(&self) -> PathBuf {
+        self.data_dir.join("chaos")
+    }
+
     /// The cluster `bulwark up` runs for these arguments; children are `exe` (the running
     /// `bulwark` binary) with the `node` and `gateway` subcommands, or `redis-server`.
     pub fn from_up_args(args: &UpArgs, exe: &Path) -> Topology {
+        let off = args.port_offset;
         let mut services = Vec::new();
         let replicas: Vec<(String, u16)> = (1..=u16::from(args.replicas))
-            .map(|i| (format!("db_g{i}"), REPLICA_BASE_PORT + i))
+            .map(|i| (format!("db_g{i}"), off + REPLICA_BASE_PORT + i))
             .collect();
         for (name, port) in &replicas {
             let dir = args.data_dir.join(name);
@@ -169,6 +197,9 @@ impl Topology {
                         dir.into_os_string(),
                         "--appendfsync".into(),
                         args.appendfsync().as_str().into(),
+                        // Data faults of chaos experiments (BW.DEBUG), as Redis allows
+                        // DEBUG locally.
+                        "--enable-debug-command".into(),
                     ],
                 ),
                 Backend::Redis => (
@@ -200,19 +231,58 @@ impl Topology {
                 health: HealthCheck::RespPing,
             });
         }
-        let replica_list = replicas
-            .iter()
-            .map(|(name, port)| format!("{name}=127.0.0.1:{port}"))
-            .collect::<Vec<_>>()
-            .join(",");
         let mut gateways = vec![
-            ("app_ap", "ap", AP_PORT, "AP gateway"),
-            ("app_cp", "cp", CP_PORT, "CP gateway"),
+            ("app_ap", "ap", off + AP_PORT, "AP gateway"),
+            ("app_cp", "cp", off + CP_PORT, "CP gateway"),
         ];
         if args.replicas >= 3 && !args.no_quorum {
-            gateways.push(("app_quorum", "quorum", QUORUM_PORT, "quorum gateway"));
+            gateways.push(("app_quorum", "quorum", off + QUORUM_PORT, "quorum gateway"));
+        }
+        let proxied = !args.no_chaos_proxy;
+        let chaos_token = format!("{:032x}", rand::random::<u128>());
+        let mut links = Vec::new();
+        if proxied {
+            for (g, (gateway, ..)) in (1..).zip(&gateways) {
+                for (r, (replica, port)) in (1..).zip(&replicas) {
+                    links.push(Link {
+                        gateway: (*gateway).to_owned(),
+                        replica: replica.clone(),
+                        listen: off + link_port(g, r),
+                        upstream: *port,
+                    });
+                }
+            }
+            services.push(ServiceSpec {
+                name: "chaos_proxy".to_owned(),
+                kind: ServiceKind::Proxy,
+                port: off + CHAOS_PROXY_PORT,
+                label: "fault proxy API".to_owned(),
+                program: exe.to_path_buf(),
+                args: vec![
+                    "chaos".into(),
+                    "proxy".into(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", off + CHAOS_PROXY_PORT).into(),
+                ],
+                env: Vec::new(),
+                health: HealthCheck::Http {
+                    path: "/version".to_owned(),
+                },
+            });
         }
         for (name, mode, port, label) in gateways {
+            // Through this gateway's own proxies (one per replica), or directly.
+            let replica_list = replicas
+                .iter()
+                .map(|(replica, direct)| {
+                    let port = links
+                        .iter()
+                        .find(|l| l.gateway == name && l.replica == *replica)
+                        .map_or(*direct, |l| l.listen);
+                    format!("{replica}=127.0.0.1:{port}")
+                })
+                .collect::<Vec<_>>()
+                .join(",");
             services.push(ServiceSpec {
                 name: name.to_owned(),
                 kind: ServiceKind::Gateway,
@@ -232,7 +302,9 @@ impl Topology {
                     "--backend".into(),
                     args.backend.as_str().into(),
                 ],
-                env: Vec::new(),
+                // The admin endpoint's token (clock skew); an environment variable, so it
+                // does not show in `ps`.
+                env: vec![("CHAOS_TOKEN".into(), chaos_token.clone().into())],
                 health: HealthCheck::Http {
                     path: "/health/ready".to_owned(),
                 },
@@ -241,12 +313,15 @@ impl Topology {
         Topology {
             services,
             data_dir: args.data_dir.clone(),
-            control: SocketAddr::from(([127, 0, 0, 1], args.control_port)),
+            control: SocketAddr::from(([127, 0, 0, 1], off + args.control_port)),
             policy: Policy {
                 startup_timeout: Duration::from_secs(args.startup_timeout),
                 ..Policy::default()
             },
             echo_logs: !args.quiet,
+            chaos: args.chaos,
+            links,
+            chaos_token: Some(chaos_token),
         }
     }
 }
@@ -267,6 +342,9 @@ mod tests {
             quiet: false,
             appendfsync: Some(Appendfsync::Always),
             startup_timeout: 30,
+            chaos: false,
+            no_chaos_proxy: true,
+            port_offset: 0,
         }
     }
 
@@ -305,7 +383,8 @@ mod tests {
                 "--dir",
                 "/d/db_g1",
                 "--appendfsync",
-                "always"
+                "always",
+                "--enable-debug-command"
             ]
         );
         assert_eq!(
@@ -325,6 +404,39 @@ mod tests {
             ]
         );
         assert_eq!(t.control.port(), 7070);
+    }
+
+    #[test]
+    fn gateways_reach_replicas_through_one_proxy_per_link() {
+        let mut a = args(3, Backend::Bulwark);
+        a.no_chaos_proxy = false;
+        let t = Topology::from_up_args(&a, Path::new("/bin/bulwark"));
+        let proxy = t.services.iter().find(|s| s.name == "chaos_proxy");
+        assert_eq!(
+            proxy.map(|s| (s.kind, s.port)),
+            Some((ServiceKind::Proxy, 8474))
+        );
+        assert_eq!(t.links.len(), 9, "3 gateways × 3 replicas");
+        let quorum = t.services.iter().find(|s| s.name == "app_quorum").map(argv);
+        assert!(
+            quorum.is_some_and(|a| a.contains(
+                &"db_g1=127.0.0.1:6701,db_g2=127.0.0.1:6702,db_g3=127.0.0.1:6703".to_owned()
+            )),
+            "app_quorum's links are 67xx"
+        );
+        let l = t
+            .links
+            .iter()
+            .find(|l| l.gateway == "app_ap" && l.replica == "db_g2");
+        assert_eq!(l.map(|l| (l.listen, l.upstream)), Some((6502, 6402)));
+        assert_eq!(
+            t.services
+                .iter()
+                .find(|s| s.name == "db_g1")
+                .map(|s| s.port),
+            Some(6401),
+            "replicas keep their own ports"
+        );
     }
 
     #[test]

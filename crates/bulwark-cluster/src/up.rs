@@ -12,7 +12,10 @@ use nix::unistd::Pid;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use bulwark_chaos::{Controller, ControllerConfig};
+
 use crate::args::{Backend, UpArgs};
+use crate::chaos::SupervisedProcesses;
 use crate::control;
 use crate::logs;
 use crate::supervisor::Supervisor;
@@ -55,6 +58,12 @@ pub enum UpError {
         /// The start-up timeout.
         timeout: Duration,
     },
+    /// The fault proxy refused to create the links' proxies.
+    #[error("chaos_proxy: {0}")]
+    Proxy(String),
+    /// The chaos controller could not open its journal.
+    #[error("chaos controller: {0}")]
+    Chaos(#[from] bulwark_chaos::ChaosError),
     /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -120,6 +129,7 @@ pub async fn run(
 #[derive(Debug)]
 pub struct Cluster {
     supervisor: Arc<Supervisor>,
+    chaos: Controller,
     control_addr: SocketAddr,
     server: JoinHandle<()>,
     stop_server: CancellationToken,
@@ -135,6 +145,26 @@ impl Cluster {
         std::fs::create_dir_all(data_dir)
             .map_err(io_err(format!("cannot create {}", data_dir.display())))?;
         let lock = LockFile::acquire(data_dir)?;
+        // Before anything else: undo the faults a dead controller left in the journal
+        // (a process it paused may still be around; a burner's fill file still is).
+        let supervisor = Arc::new(Supervisor::new(topology));
+        let (chaos, recovered) = Controller::open(
+            ControllerConfig {
+                dir: topology.chaos_dir(),
+                enabled: topology.chaos,
+                cluster: crate::chaos::cluster_map(topology),
+                gateway_token: topology.chaos_token.clone(),
+                burner: std::env::current_exe().ok(),
+            },
+            Arc::new(SupervisedProcesses(supervisor.clone())),
+        )
+        .await?;
+        for r in recovered.iter().filter(|r| r.undone) {
+            println!(
+                "bulwark up: chaos: removed {} on {} ({}) left by a previous controller",
+                r.fault.kind, r.fault.target, r.fault.id
+            );
+        }
         // The control port is bound for real (and kept), the others only tried.
         let listener = tokio::net::TcpListener::bind(topology.control)
             .await
@@ -169,9 +199,11 @@ impl Cluster {
         let control_addr = listener
             .local_addr()
             .map_err(io_err("control API address"))?;
-        let supervisor = Arc::new(Supervisor::new(topology));
         let stop_server = CancellationToken::new();
-        let app = control::router(supervisor.clone());
+        let app = control::router(supervisor.clone()).merge(bulwark_chaos::api::router(
+            chaos.clone(),
+            &format!("http://{control_addr}"),
+        ));
         let stop = stop_server.clone();
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, app)
@@ -182,6 +214,7 @@ impl Cluster {
         });
         Ok(Cluster {
             supervisor,
+            chaos,
             control_addr,
             server,
             stop_server,
@@ -200,9 +233,15 @@ impl Cluster {
         &self.supervisor
     }
 
-    /// Starts replicas, waits until they are healthy, then starts gateways and waits for
-    /// them, printing progress. On failure prints the last log lines of each unhealthy
-    /// service; the caller then shuts down.
+    /// The chaos controller.
+    pub fn chaos(&self) -> &Controller {
+        &self.chaos
+    }
+
+    /// Starts replicas, waits until they are healthy, then the fault proxy (and creates
+    /// its proxies through its API), then starts gateways and waits for them, printing
+    /// progress. On failure prints the last log lines of each unhealthy service; the caller
+    /// then shuts down.
     pub async fn start(&self) -> Result<(), UpError> {
         let progress = |name: &str, took: Option<Duration>| {
             let line = match took {
@@ -214,8 +253,34 @@ impl Cluster {
             };
             let _ = writeln!(std::io::stdout().lock(), "{line}");
         };
-        let failed = self.supervisor.start_all(&progress).await;
+        let mut failed = Vec::new();
+        for kind in [
+            ServiceKind::Replica,
+            ServiceKind::Proxy,
+            ServiceKind::Gateway,
+        ] {
+            if kind == ServiceKind::Gateway && !self.topology.links.is_empty() {
+                self.populate_proxies().await?;
+            }
+            failed = self.supervisor.start_kind(kind, &progress).await;
+            if !failed.is_empty() {
+                break;
+            }
+        }
         if failed.is_empty() {
+            for r in self.chaos.finish_recovery().await {
+                println!(
+                    "bulwark up: chaos: {} {} on {} ({}) left by a previous controller",
+                    if r.undone {
+                        "removed"
+                    } else {
+                        "could NOT remove"
+                    },
+                    r.fault.kind,
+                    r.fault.target,
+                    r.fault.id
+                );
+            }
             return Ok(());
         }
         for name in &failed {
@@ -235,27 +300,53 @@ impl Cluster {
         })
     }
 
-    /// Stops gateways, then replicas (SIGTERM, SIGKILL after the stop timeout), then the
-    /// control API, and releases the lock.
+    /// Creates the proxies of every gateway → replica link through the fault proxy's API
+    /// (it just became healthy), then keeps them in place if the proxy restarts.
+    async fn populate_proxies(&self) -> Result<(), UpError> {
+        let created = self
+            .chaos
+            .ensure_proxies()
+            .await
+            .map_err(|e| UpError::Proxy(e.to_string()))?;
+        println!("creating {created} proxied links in chaos_proxy … done");
+        self.chaos.spawn_reconciler(self.stop_server.clone());
+        Ok(())
+    }
+
+    /// Removes every active fault, stops gateways, then replicas (SIGTERM, SIGKILL after
+    /// the stop timeout), then the control API, and releases the lock.
     pub async fn shutdown(self) {
+        // Faults first: a paused replica would otherwise stall the gateways' drain.
+        self.chaos.shutdown().await;
         self.supervisor.shutdown().await;
         self.stop_server.cancel();
         let _ = tokio::time::timeout(API_DRAIN, self.server).await;
     }
 }
 
-/// Tries to bind every service port on 127.0.0.1; the first taken one is the error.
+/// Tries to bind every service and link port on 127.0.0.1; the first taken one is the
+/// error.
 fn check_ports(topology: &Topology) -> Result<(), UpError> {
-    for s in &topology.services {
-        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", s.port)) {
+    let ports = topology
+        .services
+        .iter()
+        .map(|s| (s.port, s.name.clone()))
+        .chain(
+            topology
+                .links
+                .iter()
+                .map(|l| (l.listen, format!("link {}", l.proxy_name()))),
+        );
+    for (port, name) in ports {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             return Err(if e.kind() == std::io::ErrorKind::AddrInUse {
                 UpError::PortInUse {
-                    port: s.port,
-                    service: s.name.clone(),
+                    port,
+                    service: name,
                 }
             } else {
                 UpError::Io {
-                    what: format!("cannot check port {} ({})", s.port, s.name),
+                    what: format!("cannot check port {port} ({name})"),
                     source: e,
                 }
             });
@@ -267,7 +358,11 @@ fn check_ports(topology: &Topology) -> Result<(), UpError> {
 /// The table printed once everything is healthy.
 pub fn endpoints_table(topology: &Topology, control: SocketAddr) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
-    for kind in [ServiceKind::Gateway, ServiceKind::Replica] {
+    for kind in [
+        ServiceKind::Gateway,
+        ServiceKind::Replica,
+        ServiceKind::Proxy,
+    ] {
         for s in topology.services.iter().filter(|s| s.kind == kind) {
             rows.push((s.label.clone(), format!("{}  ({})", s.url(), s.name)));
         }

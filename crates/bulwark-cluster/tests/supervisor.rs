@@ -84,6 +84,9 @@ fn topology(dir: &Path, services: Vec<ServiceSpec>) -> Topology {
         control: SocketAddr::from(([127, 0, 0, 1], 0)),
         policy: test_policy(),
         echo_logs: false,
+        chaos: false,
+        links: Vec::new(),
+        chaos_token: None,
     }
 }
 

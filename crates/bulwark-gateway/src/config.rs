@@ -61,6 +61,10 @@ pub struct GatewayConfig {
     pub in_doubt_timeout: Duration,
     /// Hints kept per replica before the oldest are dropped. `MAX_HINTS` (default 100000).
     pub max_hints: usize,
+    /// Enables the chaos admin endpoint (`/admin/chaos/clock`) for requests bearing this
+    /// token. `CHAOS_TOKEN` (default: unset, fault injection refused). `bulwark up` sets a
+    /// fresh random one per run.
+    pub chaos_token: Option<String>,
     /// Data requests served at once; beyond it requests are shed with 503 `OVERLOADED`
     /// and `Retry-After` rather than queued without bound. `MAX_IN_FLIGHT` (default 4096).
     pub max_in_flight: usize,
@@ -206,6 +210,17 @@ impl GatewayConfig {
                 )?,
                 max_buckets: s.int_in("ANTI_ENTROPY_MAX_BUCKETS", 512usize, 1..=AE_BUCKETS)?,
                 max_keys: s.int_in("ANTI_ENTROPY_MAX_KEYS", 10_000usize, 1..=10_000_000)?,
+            },
+            chaos_token: match s.get("CHAOS_TOKEN") {
+                None | Some("") => None,
+                Some(t) if t.len() < 16 => {
+                    return Err(ConfigError::invalid(
+                        "CHAOS_TOKEN",
+                        "<redacted>",
+                        "must be at least 16 characters",
+                    ));
+                }
+                Some(t) => Some(t.to_owned()),
             },
         })
     }

@@ -58,6 +58,10 @@ pub struct NodeArgs {
     /// deletions are always accepted.
     #[arg(long, env = "MAXMEMORY", default_value_t = 0)]
     pub maxmemory: u64,
+    /// Accept `BW.DEBUG CORRUPT|DROP` (data faults for chaos experiments), as Redis's
+    /// `enable-debug-command`; refused otherwise. `bulwark up` enables it on its replicas.
+    #[arg(long, env = "ENABLE_DEBUG_COMMAND")]
+    pub enable_debug_command: bool,
 }
 
 impl NodeArgs {
@@ -74,6 +78,7 @@ impl NodeArgs {
             max_request_bytes: 8 << 20,
             writer_id: None,
             maxmemory: 0,
+            enable_debug_command: false,
         }
     }
 

@@ -53,6 +53,8 @@ pub struct Shared {
     pub next_client_id: AtomicU64,
     /// The request parser with the configured size limits.
     pub parser: Parser,
+    /// Whether `BW.DEBUG` is accepted (`--enable-debug-command`).
+    pub debug_commands: bool,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ pub async fn serve(
             max_frame_len: args.max_request_bytes,
             ..Limits::default()
         }),
+        debug_commands: args.enable_debug_command,
     });
     ServiceStarted {
         service: &args.name,

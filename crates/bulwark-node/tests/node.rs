@@ -531,3 +531,59 @@ async fn run_binds_the_configured_address() {
     tx.send("SIGTERM".into()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// Data faults for chaos experiments: refused unless enabled; CORRUPT keeps the version and
+/// changes the value; DROP forgets the record (no tombstone), so a BW.PUT of the old
+/// record restores it. Both survive a restart (they are written like any record).
+#[tokio::test]
+async fn bw_debug_corrupts_and_drops_only_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), |_| {}).await;
+    let mut c = node.conn().await;
+    let e = q_err(&mut c, &[b"BW.DEBUG", b"CORRUPT", b"k", b"x"]).await;
+    assert!(e.contains("--enable-debug-command"), "{e}");
+    node.stop().await;
+
+    let node = Node::start(dir.path(), |a| a.enable_debug_command = true).await;
+    let mut c = node.conn().await;
+    let _: Value = q(&mut c, &[b"BW.PUT", b"k", V1.as_bytes(), b"0", b"good"]).await;
+    let r: Vec<Option<String>> = q(&mut c, &[b"BW.DEBUG", b"CORRUPT", b"k", b"bad"]).await;
+    assert_eq!(r, [Some(V1.to_owned()), Some("good".to_owned())]);
+    let v: Option<String> = q(&mut c, &[b"GET", b"k"]).await;
+    assert_eq!(v.as_deref(), Some("bad"));
+    let state: Value = q(&mut c, &[b"BW.GET", b"k"]).await;
+    let Value::Array(items) = state else {
+        panic!("BW.GET reply")
+    };
+    assert_eq!(
+        items[0],
+        Value::BulkString(V1.as_bytes().to_vec()),
+        "same version"
+    );
+    let missing: Option<Vec<String>> = q(&mut c, &[b"BW.DEBUG", b"CORRUPT", b"nope", b"x"]).await;
+    assert_eq!(missing, None);
+
+    let r: Vec<Option<String>> = q(&mut c, &[b"BW.DEBUG", b"DROP", b"k"]).await;
+    assert_eq!(r, [Some(V1.to_owned()), Some("bad".to_owned())]);
+    let n: i64 = q(&mut c, &[b"EXISTS", b"k"]).await;
+    assert_eq!(n, 0);
+    let size: i64 = q(&mut c, &[b"DBSIZE"]).await;
+    assert_eq!(size, 0);
+    // No tombstone: the old record applies again.
+    let put: Value = q(&mut c, &[b"BW.PUT", b"k", V1.as_bytes(), b"0", b"good"]).await;
+    assert!(
+        matches!(put, Value::Array(ref a) if a[0] == Value::Int(1)),
+        "{put:?}"
+    );
+    let r: Vec<Option<String>> = q(&mut c, &[b"BW.DEBUG", b"DROP", b"k"]).await;
+    assert_eq!(r[1].as_deref(), Some("good"));
+    node.stop().await;
+
+    let node = Node::start(dir.path(), |a| a.enable_debug_command = true).await;
+    let mut c = node.conn().await;
+    let v: Option<String> = q(&mut c, &[b"GET", b"k"]).await;
+    assert_eq!(v, None, "the drop is durable");
+    let e = q_err(&mut c, &[b"BW.DEBUG", b"MELT", b"k"]).await;
+    assert!(e.contains("usage"), "{e}");
+    node.stop().await;
+}

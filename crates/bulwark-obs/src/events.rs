@@ -361,6 +361,217 @@ impl Emit for ServiceStarted<'_> {
     }
 }
 
+/// The chaos controller applied or removed a fault (`CHAOS_FAULT`, WARNING: the cluster is
+/// being broken on purpose, and whoever reads the logs must be able to tell).
+#[derive(Debug)]
+pub struct ChaosFault<'a> {
+    /// The fault's id (`f-…`).
+    pub id: &'a str,
+    /// Its kind (`pause`, `latency`, `partition`, …).
+    pub kind: &'a str,
+    /// `applied` or `removed`.
+    pub phase: &'a str,
+    /// What it targets (`db_g2`, `app_ap.db_g2`, …).
+    pub target: &'a str,
+    /// Why it was removed (`ttl`, `rollback`, `disable`, `recovered`, `shutdown`); empty
+    /// when applied.
+    pub reason: &'a str,
+    /// Time to live when applied, in milliseconds.
+    pub ttl_ms: u64,
+}
+
+impl Emit for ChaosFault<'_> {
+    fn emit(self) {
+        let m = metrics();
+        if self.phase == "applied" {
+            m.chaos_faults_injected
+                .with_label_values(&[self.kind])
+                .inc();
+            m.chaos_faults_active.inc();
+        } else {
+            m.chaos_faults_removed
+                .with_label_values(&[self.reason])
+                .inc();
+            m.chaos_faults_active.dec();
+        }
+        tracing::warn!(
+            event = "CHAOS_FAULT",
+            id = self.id,
+            kind = self.kind,
+            phase = self.phase,
+            target = self.target,
+            reason = self.reason,
+            ttl_ms = self.ttl_ms,
+        );
+    }
+}
+
+/// A chaos experiment run finished (`CHAOS_EXPERIMENT`; INFO if it succeeded, WARNING
+/// otherwise).
+#[derive(Debug)]
+pub struct ChaosExperiment<'a> {
+    /// The run's id.
+    pub run_id: &'a str,
+    /// The experiment's title.
+    pub title: &'a str,
+    /// `succeeded`, `failed` or `aborted`.
+    pub outcome: &'a str,
+    /// Time to recover, when the steady state was measured after the faults.
+    pub recovery: Option<std::time::Duration>,
+}
+
+impl Emit for ChaosExperiment<'_> {
+    fn emit(self) {
+        let m = metrics();
+        m.chaos_experiments.with_label_values(&[self.outcome]).inc();
+        if let Some(r) = self.recovery {
+            m.chaos_recovery.observe(r.as_secs_f64());
+        }
+        let level = if self.outcome == "succeeded" {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        };
+        event_at!(
+            level,
+            event = "CHAOS_EXPERIMENT",
+            run_id = self.run_id,
+            title = self.title,
+            outcome = self.outcome,
+            recovery_ms = self.recovery.map(|r| r.as_millis() as u64),
+        );
+    }
+}
+
+/// The chaos controller could not undo part of a fault within its retry window
+/// (`CHAOS_UNDO_FAILED`, ERROR): the fault stays in the journal and the next controller
+/// start tries again.
+#[derive(Debug)]
+pub struct ChaosUndoFailed<'a> {
+    /// The undo step, as text.
+    pub step: &'a str,
+    /// Why it failed.
+    pub error: &'a str,
+}
+
+impl Emit for ChaosUndoFailed<'_> {
+    fn emit(self) {
+        tracing::error!(
+            event = "CHAOS_UNDO_FAILED",
+            step = self.step,
+            error = self.error,
+        );
+    }
+}
+
+/// A fault proxy was created, changed, enabled, disabled or deleted (`PROXY_CHANGED`, INFO;
+/// WARNING when it goes down, since clients lose their connections).
+#[derive(Debug)]
+pub struct ProxyChanged<'a> {
+    /// Proxy name.
+    pub proxy: &'a str,
+    /// `created`, `updated`, `enabled`, `disabled`, `deleted`, `replaced`.
+    pub action: &'a str,
+    /// Listening address.
+    pub listen: &'a str,
+    /// Upstream address.
+    pub upstream: &'a str,
+    /// Whether it accepts connections now.
+    pub enabled: bool,
+}
+
+impl Emit for ProxyChanged<'_> {
+    fn emit(self) {
+        if self.action == "deleted" {
+            let _ = metrics()
+                .fault_proxy_toxics
+                .remove_label_values(&[self.proxy]);
+        }
+        let level = if self.enabled {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        };
+        event_at!(
+            level,
+            event = "PROXY_CHANGED",
+            proxy = self.proxy,
+            action = self.action,
+            listen = self.listen,
+            upstream = self.upstream,
+            enabled = self.enabled,
+        );
+    }
+}
+
+/// A toxic (a fault) was added to, updated on or removed from a fault proxy
+/// (`TOXIC_CHANGED`; WARNING when a fault is added or changed, INFO when removed).
+#[derive(Debug)]
+pub struct ToxicChanged<'a> {
+    /// Proxy name.
+    pub proxy: &'a str,
+    /// Toxic name.
+    pub toxic: &'a str,
+    /// Toxic type (`latency`, `down`, `http_fault`, …).
+    pub kind: &'a str,
+    /// `upstream` or `downstream`.
+    pub stream: &'a str,
+    /// `added`, `updated`, `removed`.
+    pub action: &'a str,
+    /// The toxic's attributes, as JSON text.
+    pub attributes: &'a str,
+    /// Toxics on the proxy after the change.
+    pub active: usize,
+}
+
+impl Emit for ToxicChanged<'_> {
+    fn emit(self) {
+        metrics()
+            .fault_proxy_toxics
+            .with_label_values(&[self.proxy])
+            .set(i64::try_from(self.active).unwrap_or(i64::MAX));
+        let level = if self.action == "removed" {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        };
+        event_at!(
+            level,
+            event = "TOXIC_CHANGED",
+            proxy = self.proxy,
+            toxic = self.toxic,
+            kind = self.kind,
+            stream = self.stream,
+            action = self.action,
+            attributes = self.attributes,
+            active = self.active,
+        );
+    }
+}
+
+/// A gateway's HLC clock source was skewed (or reset) by the chaos control plane
+/// (`CLOCK_SKEW`, WARNING).
+#[derive(Debug)]
+pub struct ClockSkew<'a> {
+    /// The gateway.
+    pub service: &'a str,
+    /// The offset now added to its clock readings.
+    pub offset_ms: i64,
+    /// The offset before.
+    pub previous_offset_ms: i64,
+}
+
+impl Emit for ClockSkew<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            event = "CLOCK_SKEW",
+            service = self.service,
+            offset_ms = self.offset_ms,
+            previous_offset_ms = self.previous_offset_ms,
+        );
+    }
+}
+
 /// An anti-entropy round finished (`ANTI_ENTROPY_ROUND`): INFO when it repaired or found
 /// a conflict, DEBUG when the replicas were already in sync (it runs every 30 s).
 #[derive(Debug)]

@@ -3,8 +3,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric a Bulwark process can export. Services only touch the ones they use;
@@ -50,6 +50,26 @@ pub struct Metrics {
     pub anti_entropy_conflicts: IntCounterVec,
     /// `anti_entropy_divergent_buckets`: digest buckets that differed in the last round.
     pub anti_entropy_divergent_buckets: IntGaugeVec,
+    /// `chaos_experiments_total{outcome}`: experiment runs finished (`succeeded`, `failed`,
+    /// `aborted`).
+    pub chaos_experiments: IntCounterVec,
+    /// `chaos_faults_injected_total{kind}`: faults applied by the chaos controller.
+    pub chaos_faults_injected: IntCounterVec,
+    /// `chaos_faults_removed_total{reason}`: faults removed (`ttl`, `rollback`, `disable`,
+    /// `recovered`, `shutdown`).
+    pub chaos_faults_removed: IntCounterVec,
+    /// `chaos_faults_active`: faults in effect now.
+    pub chaos_faults_active: IntGauge,
+    /// `chaos_recovery_seconds`: time from a run's last fault removed to its steady state
+    /// holding again (its mean is `_sum / _count`).
+    pub chaos_recovery: Histogram,
+    /// `fault_proxy_connections{proxy}`: connections open through a fault proxy.
+    pub fault_proxy_connections: IntGaugeVec,
+    /// `fault_proxy_bytes_total{proxy,direction}`: bytes read by a fault proxy, per
+    /// direction (`upstream`: client → server).
+    pub fault_proxy_bytes: IntCounterVec,
+    /// `fault_proxy_toxics{proxy}`: toxics active on a fault proxy.
+    pub fault_proxy_toxics: IntGaugeVec,
 }
 
 /// Buckets from 100 µs to 10 s: fine enough to see a 1 ms p99.
@@ -100,7 +120,46 @@ impl Metrics {
         registry
             .register(Box::new(node_fsync.clone()))
             .expect("metric registered once");
+        let chaos_faults_active = IntGauge::new(
+            "chaos_faults_active",
+            "Faults injected by the chaos controller and not yet removed.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(chaos_faults_active.clone()))
+            .expect("metric registered once");
+        let chaos_recovery = Histogram::with_opts(
+            HistogramOpts::new(
+                "chaos_recovery_seconds",
+                "Time from an experiment's last fault removed to its steady state holding again.",
+            )
+            .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(chaos_recovery.clone()))
+            .expect("metric registered once");
         Metrics {
+            chaos_experiments: counter(
+                &registry,
+                "chaos_experiments_total",
+                "Chaos experiment runs finished, by outcome (succeeded, failed, aborted).",
+                &["outcome"],
+            ),
+            chaos_faults_injected: counter(
+                &registry,
+                "chaos_faults_injected_total",
+                "Faults applied by the chaos controller, by kind.",
+                &["kind"],
+            ),
+            chaos_faults_removed: counter(
+                &registry,
+                "chaos_faults_removed_total",
+                "Faults removed by the chaos controller, by reason.",
+                &["reason"],
+            ),
+            chaos_faults_active,
+            chaos_recovery,
             requests_total: counter(
                 &registry,
                 "app_requests_total",
@@ -198,6 +257,24 @@ impl Metrics {
                 &[],
             ),
             node_fsync,
+            fault_proxy_connections: gauge(
+                &registry,
+                "fault_proxy_connections",
+                "Connections open through a fault proxy.",
+                &["proxy"],
+            ),
+            fault_proxy_bytes: counter(
+                &registry,
+                "fault_proxy_bytes_total",
+                "Bytes read by a fault proxy, by direction (upstream: client to server).",
+                &["proxy", "direction"],
+            ),
+            fault_proxy_toxics: gauge(
+                &registry,
+                "fault_proxy_toxics",
+                "Toxics active on a fault proxy.",
+                &["proxy"],
+            ),
             registry,
         }
     }

@@ -908,6 +908,57 @@ impl Store {
         })
     }
 
+    /// Chaos data fault (`BW.DEBUG CORRUPT`): replaces the committed value of `key` with
+    /// `value` *without changing its version*, as silent corruption of one replica would,
+    /// so replicas disagree on what one version holds (for repair to find). Returns the
+    /// version and the value replaced, or `None` if `key` has no committed value.
+    pub fn debug_overwrite(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<(Version, Bytes)>, StorageError> {
+        check_key(key)?;
+        self.check_open()?;
+        let mut map = self.inner.index.shard(key);
+        let Some((version, old)) = map
+            .get(key)
+            .and_then(|e| e.committed.as_ref())
+            .and_then(|c| c.value.clone().map(|v| (c.version, v)))
+        else {
+            return Ok(None);
+        };
+        self.write_committed(&mut map, key, version, Some(value))?;
+        Ok(Some((version, old)))
+    }
+
+    /// Chaos data fault (`BW.DEBUG DROP`): forgets the committed record of `key` as if it
+    /// had never been written here — no tombstone, so nothing newer exists to repair from
+    /// this replica. Returns the record dropped (`None` value: a tombstone).
+    pub fn debug_drop(&self, key: &[u8]) -> Result<Option<(Version, Option<Bytes>)>, StorageError> {
+        check_key(key)?;
+        self.check_open()?;
+        let mut map = self.inner.index.shard(key);
+        let Some(e) = map.get_mut(key) else {
+            return Ok(None);
+        };
+        let Some(old) = e.committed.take() else {
+            return Ok(None);
+        };
+        self.inner.committed.remove(key)?;
+        let was_live = old.value.is_some();
+        let before = e.footprint(key.len())
+            + old.value.as_ref().map_or(0, Bytes::len)
+            + codec::COMMITTED_HEADER;
+        let after = e.footprint(key.len());
+        if e.pending.is_empty() {
+            map.remove(key);
+        }
+        self.resize(before, after);
+        self.account_live(was_live, false);
+        self.inner.dirty.fetch_add(1, Ordering::Relaxed);
+        Ok(Some((old.version, old.value)))
+    }
+
     /// FLUSHALL: removes every record, committed and pending. Durable before it returns,
     /// and no read shows the empty store before then.
     pub async fn flushall(&self) -> Result<(), StorageError> {

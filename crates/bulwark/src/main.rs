@@ -28,6 +28,23 @@ enum Command {
     Ctl(bulwark_cluster::CtlArgs),
     /// Load generators with HDR histograms.
     Bench(bulwark_bench::BenchArgs),
+    /// Chaos engineering: the fault proxy, the safety switch, faults and experiments.
+    Chaos(ChaosArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ChaosArgs {
+    #[command(subcommand)]
+    command: ChaosCommand,
+}
+
+/// `bulwark chaos …`.
+#[derive(Subcommand, Debug)]
+enum ChaosCommand {
+    /// Run a TCP fault proxy driven by a Toxiproxy-compatible HTTP API (default :8474).
+    Proxy(bulwark_faultproxy::ProxyArgs),
+    #[command(flatten)]
+    Control(bulwark_chaos::cli::ChaosCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +88,12 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Ctl(args) => bulwark_cluster::run_ctl(args).await,
             Command::Bench(args) => bulwark_bench::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Chaos(ChaosArgs { command }) => match command {
+                ChaosCommand::Proxy(args) => bulwark_faultproxy::run(args, shutdown_signal())
+                    .await
+                    .map(|()| ExitCode::SUCCESS),
+                ChaosCommand::Control(c) => bulwark_chaos::cli::run(c, shutdown_signal()).await,
+            },
         }
     });
     match result {

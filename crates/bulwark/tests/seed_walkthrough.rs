@@ -29,10 +29,15 @@ async fn walkthrough(backend: &str) {
     for name in ["db_g1", "db_g2", "app_ap", "app_cp"] {
         assert!(status.contains(name), "{status}");
     }
+    let services = up.services().await;
     assert_eq!(
-        up.services().await.len(),
+        services.iter().filter(|s| s["kind"] != "proxy").count(),
         4,
         "no quorum gateway with 2 replicas"
+    );
+    assert!(
+        services.iter().any(|s| s["name"] == "chaos_proxy"),
+        "the fault proxy runs between gateways and replicas"
     );
 
     // Step 2: structured logging.

@@ -10,6 +10,7 @@
 //!
 //! The body limit is set per route from `MAX_VALUE_BYTES`.
 
+mod admin;
 mod error;
 mod openapi;
 mod seed;
@@ -68,6 +69,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/v1/admin/anti-entropy", post(anti_entropy))
+        .route(
+            "/admin/chaos/clock",
+            get(admin::get_clock)
+                .put(admin::set_clock)
+                .delete(admin::reset_clock),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), shed))
@@ -113,7 +120,12 @@ async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
 async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let exempt = matches!(
         req.uri().path(),
-        "/health" | "/health/live" | "/health/ready" | "/metrics" | "/circuit-breaker"
+        "/health"
+            | "/health/live"
+            | "/health/ready"
+            | "/metrics"
+            | "/circuit-breaker"
+            | "/admin/chaos/clock"
     );
     if exempt {
         return next.run(req).await;
@@ -151,6 +163,7 @@ fn operation(method: &Method, route: Option<&str>) -> &'static str {
         (Some("/metrics"), _) => "metrics",
         (Some("/openapi.json"), _) => "openapi",
         (Some("/v1/admin/anti-entropy"), _) => "anti_entropy",
+        (Some("/admin/chaos/clock"), _) => "admin",
         _ => "other",
     }
 }

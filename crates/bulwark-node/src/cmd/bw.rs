@@ -10,6 +10,7 @@
 //! | `BW.REPAIR` | key version tomb value | as `BW.PUT`; also replaces a same-version copy whose bytes differ |
 //! | `BW.DIGEST` | — | the anti-entropy digest: 4096 buckets × 8 bytes, big-endian, one bulk string |
 //! | `BW.BUCKETS` | bucket… (0–4095) | `[[key, version, tomb 0\|1, hash (16 hex digits)], …]` for committed records in those buckets |
+//! | `BW.DEBUG` | `CORRUPT key value` \| `DROP key` | `[version, old_value]` or nil (data faults; needs `--enable-debug-command`) |
 //!
 //! Versions are 24 lowercase hex digits; `tomb` is `0` or `1` (with `1`, the value
 //! argument may be omitted and is ignored). Error messages match the Redis function
@@ -227,6 +228,50 @@ pub(super) async fn abort(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -
     let (found, ticket) = shared.store.abort_deferred(key, ver)?;
     encode::integer(out, i64::from(found));
     Ok(Flow::written(ticket))
+}
+
+/// `BW.DEBUG CORRUPT key value` | `BW.DEBUG DROP key`: data faults for chaos experiments
+/// (SPEC CHAOS-1), refused unless the node runs with `--enable-debug-command`.
+///
+/// * `CORRUPT` replaces the committed value, keeping its version (silent corruption);
+///   replies `[version, old_value]`, or nil if the key holds no value.
+/// * `DROP` forgets the committed record, leaving no tombstone (lost data); replies
+///   `[version, old_value|nil]`, or nil if there was none.
+pub(super) fn debug(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    if !shared.debug_commands {
+        return err(
+            out,
+            "ERR BW.DEBUG is disabled; start the node with --enable-debug-command",
+        );
+    }
+    let reply = |out: &mut BytesMut, r: Option<(Version, Option<Bytes>)>| match r {
+        None => encode::null(out),
+        Some((v, old)) => {
+            encode::array_len(out, 2);
+            encode::bulk(out, v.to_string().as_bytes());
+            match old {
+                Some(o) => encode::bulk(out, &o),
+                None => encode::null(out),
+            }
+        }
+    };
+    match args {
+        [_, sub, key, value] if sub.eq_ignore_ascii_case(b"corrupt") => {
+            let r = shared.store.debug_overwrite(key, value)?;
+            reply(out, r.map(|(v, old)| (v, Some(old))));
+            Ok(Flow::default())
+        }
+        [_, sub, key] if sub.eq_ignore_ascii_case(b"drop") => {
+            let r = shared.store.debug_drop(key)?;
+            reply(out, r);
+            Ok(Flow::default())
+        }
+        [_] => wrong_arity(args, out),
+        _ => err(
+            out,
+            "ERR usage: BW.DEBUG CORRUPT key value | BW.DEBUG DROP key",
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -50,12 +50,13 @@ pub enum Cmd {
     BwRepair,
     BwDigest,
     BwBuckets,
+    BwDebug,
     Unknown,
 }
 
 /// Names as clients send them (matched case-insensitively) and as metric labels
 /// (lower case), in [`Cmd`] order.
-const TABLE: [(&str, Cmd); 26] = [
+const TABLE: [(&str, Cmd); 27] = [
     ("ping", Cmd::Ping),
     ("echo", Cmd::Echo),
     ("get", Cmd::Get),
@@ -81,6 +82,7 @@ const TABLE: [(&str, Cmd); 26] = [
     ("bw.repair", Cmd::BwRepair),
     ("bw.digest", Cmd::BwDigest),
     ("bw.buckets", Cmd::BwBuckets),
+    ("bw.debug", Cmd::BwDebug),
     ("unknown", Cmd::Unknown),
 ];
 
@@ -193,6 +195,7 @@ pub async fn execute(
         Cmd::BwRepair => bw::repair(shared, args, out),
         Cmd::BwDigest => bw::digest(shared, args, out).await,
         Cmd::BwBuckets => bw::buckets(shared, args, out).await,
+        Cmd::BwDebug => bw::debug(shared, args, out),
         Cmd::Unknown => {
             unknown(args, out);
             Ok(Flow::default())

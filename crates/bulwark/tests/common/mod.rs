@@ -17,8 +17,11 @@ pub const CP: &str = "http://127.0.0.1:5002";
 pub const QUORUM: &str = "http://127.0.0.1:5003";
 pub const CONTROL: &str = "http://127.0.0.1:7070";
 
-/// Ports `bulwark up` uses by default: gateways, replicas, control API.
-const FIXED_PORTS: [u16; 7] = [5001, 5002, 5003, 6401, 6402, 6403, 7070];
+/// Ports `bulwark up` uses by default: gateways, replicas, control API, the fault proxy's
+/// API and a few of its links (65xx from app_ap, 66xx from app_cp).
+const FIXED_PORTS: [u16; 11] = [
+    5001, 5002, 5003, 6401, 6402, 6403, 7070, 8474, 6501, 6502, 6601,
+];
 
 pub fn bulwark() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bulwark"))
