@@ -310,10 +310,10 @@ impl Conn {
             .reconcile(&data(Direction::Downstream), now, &mut self.rng);
         if self.tracked == Some(true) {
             let faults = self.active_http_faults(toxics);
-            if self.up.set_http_faults(faults, now) {
-                if let Some(Head::Responses(r)) = &mut self.down.head {
-                    r.release(now);
-                }
+            if self.up.set_http_faults(faults, now)
+                && let Some(Head::Responses(r)) = &mut self.down.head
+            {
+                r.release(now);
             }
         }
         None
@@ -322,10 +322,10 @@ impl Conn {
     fn active_http_faults(&mut self, toxics: &[Toxic]) -> Vec<ActiveFault> {
         let mut faults = Vec::new();
         for t in toxics {
-            if let Some(f) = ActiveFault::of(t) {
-                if self.rolls.roll(t, &mut self.rng) {
-                    faults.push(f);
-                }
+            if let Some(f) = ActiveFault::of(t)
+                && self.rolls.roll(t, &mut self.rng)
+            {
+                faults.push(f);
             }
         }
         faults
@@ -370,12 +370,11 @@ impl Conn {
         }
         let chunk = link.rbuf.split().freeze();
         link.input(Item::Data(chunk), Instant::now(), &mut self.rng);
-        if dir == Direction::Upstream {
-            if let (Some(Head::Requests(req)), Some(Head::Responses(resp))) =
+        if dir == Direction::Upstream
+            && let (Some(Head::Requests(req)), Some(Head::Responses(resp))) =
                 (&mut self.up.head, &mut self.down.head)
-            {
-                resp.expect(req.take_expects());
-            }
+        {
+            resp.expect(req.take_expects());
         }
         None
     }

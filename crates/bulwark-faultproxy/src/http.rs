@@ -606,24 +606,22 @@ impl ResponseStage {
     fn sequence(&mut self, now: Instant) {
         loop {
             let between = matches!(self.framing, Framing::Head) && self.head.is_empty();
-            if between {
-                if let Some(Expect::Synthetic { at, .. }) = self.expects.front() {
-                    if *at > now {
-                        return;
-                    }
-                    if let Some(Expect::Synthetic {
-                        response,
-                        at,
-                        close,
-                    }) = self.expects.pop_front()
-                    {
-                        self.out.push(Item::Data(response), at, at);
-                        if close {
-                            self.out.push(Item::Close, at, at);
-                        }
-                    }
-                    continue;
+            if between && let Some(Expect::Synthetic { at, .. }) = self.expects.front() {
+                if *at > now {
+                    return;
                 }
+                if let Some(Expect::Synthetic {
+                    response,
+                    at,
+                    close,
+                }) = self.expects.pop_front()
+                {
+                    self.out.push(Item::Data(response), at, at);
+                    if close {
+                        self.out.push(Item::Close, at, at);
+                    }
+                }
+                continue;
             }
             let Some(t) = self.input.pop_front() else {
                 return;

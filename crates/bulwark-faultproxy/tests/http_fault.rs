@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
-use axum::routing::{get, post};
+use axum::routing::get;
 use common::{FaultProxy, read_up_to};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
