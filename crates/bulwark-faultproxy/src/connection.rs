@@ -108,7 +108,7 @@ pub(crate) async fn serve(client: TcpStream, mut ctx: Context) {
         toxics: toxics.clone(),
         metrics: ConnMetrics::new(&ctx.proxy),
     };
-    let end = conn.run(&mut ctx).await;
+    let end = conn.run(ctx.toxics, &ctx.stop).await;
     tracing::debug!(proxy = &*ctx.proxy, end = ?end, "connection ended");
 }
 
@@ -187,7 +187,8 @@ impl Drop for ConnMetrics {
 /// What woke the connection up.
 enum Event {
     Stop,
-    Toxics,
+    /// The toxics changed; the receiver is handed back to wait for the next change.
+    Toxics(watch::Receiver<ToxicSet>),
     ReadUp(io::Result<usize>),
     ReadDown(io::Result<usize>),
     WroteUp(io::Result<usize>),
@@ -212,13 +213,19 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(&mut self, ctx: &mut Context) -> End {
+    async fn run(
+        &mut self,
+        toxics: watch::Receiver<ToxicSet>,
+        stop: &CancellationToken,
+    ) -> End {
         if let Some(end) = self.apply(self.toxics.clone(), Instant::now()) {
             return self.finish(end);
         }
-        let stop = ctx.stop.clone();
+        // Both futures live across iterations, so waiting for a stop or a toxic change
+        // costs nothing per read or write (no waiter registered and removed each time).
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
+        let mut change = Box::pin(next_change(toxics));
         loop {
             if !(self.up.is_direct() && self.down.is_direct()) {
                 let now = Instant::now();
@@ -258,8 +265,8 @@ impl Conn {
                 tokio::select! {
                     biased;
                     _ = &mut stopped => Event::Stop,
-                    r = ctx.toxics.changed() => match r {
-                        Ok(()) => Event::Toxics,
+                    (rx, r) = &mut change => match r {
+                        Ok(()) => Event::Toxics(rx),
                         Err(_) => Event::Stop,
                     },
                     r = server_w.write(up_out), if write_up => Event::WroteUp(r),
@@ -273,8 +280,9 @@ impl Conn {
             self.down.rbuf = down_buf;
             let outcome = match event {
                 Event::Stop => Some(End::Closed),
-                Event::Toxics => {
-                    let toxics = ctx.toxics.borrow_and_update().clone();
+                Event::Toxics(mut rx) => {
+                    let toxics = rx.borrow_and_update().clone();
+                    change = Box::pin(next_change(rx));
                     self.apply(toxics, Instant::now())
                 }
                 Event::WroteUp(r) => wrote(&mut self.up, r),
@@ -436,6 +444,15 @@ fn wrote(link: &mut Link, r: io::Result<usize>) -> Option<End> {
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Some(End::Reset),
         Err(_) => Some(End::Closed),
     }
+}
+
+/// Waits for the next change of the toxics, owning the receiver so the wait can span many
+/// loop iterations; gives the receiver back.
+async fn next_change(
+    mut rx: watch::Receiver<ToxicSet>,
+) -> (watch::Receiver<ToxicSet>, Result<(), watch::error::RecvError>) {
+    let r = rx.changed().await;
+    (rx, r)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
