@@ -213,11 +213,7 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(
-        &mut self,
-        toxics: watch::Receiver<ToxicSet>,
-        stop: &CancellationToken,
-    ) -> End {
+    async fn run(&mut self, toxics: watch::Receiver<ToxicSet>, stop: &CancellationToken) -> End {
         if let Some(end) = self.apply(self.toxics.clone(), Instant::now()) {
             return self.finish(end);
         }
@@ -450,7 +446,10 @@ fn wrote(link: &mut Link, r: io::Result<usize>) -> Option<End> {
 /// loop iterations; gives the receiver back.
 async fn next_change(
     mut rx: watch::Receiver<ToxicSet>,
-) -> (watch::Receiver<ToxicSet>, Result<(), watch::error::RecvError>) {
+) -> (
+    watch::Receiver<ToxicSet>,
+    Result<(), watch::error::RecvError>,
+) {
     let r = rx.changed().await;
     (rx, r)
 }
