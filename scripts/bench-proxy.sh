@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Benchmarks the fault proxy (`bulwark chaos proxy`) against going direct, in one run on
-# this machine, with redis-benchmark against a redis-server, and prints Markdown tables:
+# Benchmarks the fault proxy (`bulwark chaos proxy`) in one run on this machine, with
+# redis-benchmark against one redis-server reached three ways:
 #
-# 1. throughput: redis-benchmark SET/GET directly and through a proxy with no toxic,
-#    alternated ROUNDS times (direct, proxy, direct, proxy, …) so drift hits both alike;
-#    the ratio is proxy / direct per round, and the median round is reported;
-# 2. latency at moderate load (CLIENTS_LAT clients, no pipelining): p50/p99 directly and
-#    through the proxy, with redis-benchmark --precision 3 (microseconds);
-# 3. accuracy of a `latency 100ms` toxic: GET round trips with one client, through the
+#   direct  redis-benchmark → redis-server
+#   copy    redis-benchmark → copy_proxy (the crate's example: tokio's copy_bidirectional,
+#           the smallest tokio proxy; the anchor for "what any proxy costs")
+#   fault   redis-benchmark → bulwark chaos proxy, a proxy with no toxic
+#
+# 1. throughput: SET and GET per pipeline depth; each round runs direct, copy, fault one
+#    after the other (never at the same time), ROUNDS rounds, medians reported, with the
+#    fault proxy's ratio to direct and to copy;
+# 2. CPU time per request of each proxy process (user + system, from /proc), which
+#    depends less on what else the machine is doing than the ratios;
+# 3. latency at moderate load (CLIENTS_LAT clients, no pipelining, --precision 3): p50 and
+#    p99 for each path, and what the fault proxy adds to direct's p99;
+# 4. accuracy of a `latency 100 ms` toxic: GET round trips with one client through the
 #    proxy with the toxic, minus the direct round trip.
 #
 #   scripts/bench-proxy.sh
@@ -29,9 +36,11 @@ for tool in redis-server redis-benchmark redis-cli curl python3; do
   command -v "$tool" >/dev/null || { echo "bench-proxy: $tool is required" >&2; exit 1; }
 done
 
-echo "building the release binary…" >&2
+echo "building the release binaries…" >&2
 cargo build --release -q -p bulwark
+cargo build --release -q -p bulwark-faultproxy --example copy_proxy
 BULWARK=target/release/bulwark
+COPY_PROXY=target/release/examples/copy_proxy
 
 TMP=$(mktemp -d -t bench-proxy.XXXXXX)
 PIDS=()
@@ -57,93 +66,112 @@ wait_ready() { # port
   exit 1
 }
 
-# redis-server, in memory only: the benchmark is about the proxy, not fsync.
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+# redis-server, in memory only: the benchmark is about the proxies, not fsync.
+declare -A PORT PID
+PORT[direct]=$(free_port)
+redis-server --port "${PORT[direct]}" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$TMP" --daemonize no --logfile "$TMP/redis.log" &
-PIDS+=("$!")
-wait_ready "$REDIS_PORT"
+PID[direct]=$!; PIDS+=("$!")
+wait_ready "${PORT[direct]}"
+
+PORT[copy]=$(free_port)
+"$COPY_PROXY" "127.0.0.1:${PORT[copy]}" "127.0.0.1:${PORT[direct]}" &
+PID[copy]=$!; PIDS+=("$!")
+wait_ready "${PORT[copy]}"
 
 API_PORT=$(free_port)
-PROXY_PORT=$(free_port)
+PORT[fault]=$(free_port)
 LOG_LEVEL=WARN "$BULWARK" chaos proxy --listen "127.0.0.1:$API_PORT" --seed 1 >"$TMP/proxy.log" 2>&1 &
-PIDS+=("$!")
+PID[fault]=$!; PIDS+=("$!")
 for _ in $(seq 1 200); do
   curl -sf "http://127.0.0.1:$API_PORT/version" >/dev/null && break
   sleep 0.05
 done
 curl -sf -X POST "http://127.0.0.1:$API_PORT/proxies" \
-  -d "{\"name\":\"redis\",\"listen\":\"127.0.0.1:$PROXY_PORT\",\"upstream\":\"127.0.0.1:$REDIS_PORT\"}" >/dev/null
-wait_ready "$PROXY_PORT"
+  -d "{\"name\":\"redis\",\"listen\":\"127.0.0.1:${PORT[fault]}\",\"upstream\":\"127.0.0.1:${PORT[direct]}\"}" >/dev/null
+wait_ready "${PORT[fault]}"
 
 # Prints "TEST rps avg min p50 p95 p99 max" (latencies in ms) for one run.
 bench() { # port clients pipeline n tests
   redis-benchmark -h 127.0.0.1 -p "$1" -c "$2" -P "$3" -n "$4" -t "$5" --precision 3 -q --csv \
-    | awk -F'","' 'NR > 1 { gsub(/"/, ""); print $1, $2, $3, $4, $5, $6, $7, $8 }'
+    | awk -F',' 'NR > 1 { gsub(/"/, ""); print $1, $2, $3, $4, $5, $6, $7, $8 }'
 }
-
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+calc() { python3 -c "print($1)"; }
+TICKS=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$TICKS" '{ print ($14 + $15) / t }' "/proc/$1/stat"; }
+PATHS="direct copy fault"
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "## throughput (redis-benchmark -n $N -c $CLIENTS, median of $ROUNDS alternated rounds)"
-echo
-echo "| test | pipeline | direct ops/s | proxy ops/s | proxy / direct |"
-echo "|---|---|---|---|---|"
+declare -A RPS CPU OPS
+for path in $PATHS; do CPU[$path]=0; OPS[$path]=0; done
 for p in $PIPELINES; do
-  declare -A D=() P=() R=()
   for round in $(seq 1 "$ROUNDS"); do
-    while read -r t rps _; do D["$t,$round"]=$rps; done < <(bench "$REDIS_PORT" "$CLIENTS" "$p" "$N" set,get)
-    while read -r t rps _; do P["$t,$round"]=$rps; done < <(bench "$PROXY_PORT" "$CLIENTS" "$p" "$N" set,get)
-  done
-  for t in SET GET; do
-    ratios=$(for r in $(seq 1 "$ROUNDS"); do
-      python3 -c "print(${P[$t,$r]} / ${D[$t,$r]})"
-    done | median)
-    d=$(for r in $(seq 1 "$ROUNDS"); do echo "${D[$t,$r]}"; done | median)
-    q=$(for r in $(seq 1 "$ROUNDS"); do echo "${P[$t,$r]}"; done | median)
-    printf '| %s | %s | %.0f | %.0f | %.0f %% |\n' "$t" "$p" "$d" "$q" "$(python3 -c "print($ratios * 100)")"
+    for path in $PATHS; do
+      before=$(cpu_of "${PID[$path]}")
+      while read -r t rps _; do RPS["$p,$t,$path,$round"]=$rps; done \
+        < <(bench "${PORT[$path]}" "$CLIENTS" "$p" "$N" set,get)
+      CPU[$path]=$(calc "${CPU[$path]} + $(cpu_of "${PID[$path]}") - $before")
+      OPS[$path]=$((OPS[$path] + 2 * N))
+    done
   done
 done
+
+echo "## throughput (redis-benchmark -n $N -c $CLIENTS, median of $ROUNDS rounds)"
+echo
+echo "| test | pipeline | direct ops/s | copy_bidirectional proxy ops/s | fault proxy ops/s | fault / direct | fault / copy |"
+echo "|---|---|---|---|---|---|---|"
+for p in $PIPELINES; do
+  for t in SET GET; do
+    declare -A M=()
+    for path in $PATHS; do
+      M[$path]=$(for r in $(seq 1 "$ROUNDS"); do echo "${RPS[$p,$t,$path,$r]}"; done | median)
+    done
+    to_direct=$(for r in $(seq 1 "$ROUNDS"); do calc "${RPS[$p,$t,fault,$r]} / ${RPS[$p,$t,direct,$r]}"; done | median)
+    to_copy=$(for r in $(seq 1 "$ROUNDS"); do calc "${RPS[$p,$t,fault,$r]} / ${RPS[$p,$t,copy,$r]}"; done | median)
+    printf '| %s | %s | %.0f | %.0f | %.0f | %.0f %% | %.0f %% |\n' "$t" "$p" "${M[direct]}" \
+      "${M[copy]}" "${M[fault]}" "$(calc "$to_direct * 100")" "$(calc "$to_copy * 100")"
+  done
+done
+echo
+echo "CPU per request (user + system over all throughput runs): redis-server $(calc "round(${CPU[direct]} / ${OPS[direct]} * 1e6, 1)") µs, copy_bidirectional proxy $(calc "round(${CPU[copy]} / ${OPS[copy]} * 1e6, 1)") µs, fault proxy $(calc "round(${CPU[fault]} / ${OPS[fault]} * 1e6, 1)") µs"
 echo
 
-echo "## latency at moderate load (redis-benchmark -n $N_LAT -c $CLIENTS_LAT -P 1 --precision 3, GET)"
+echo "## latency at moderate load (redis-benchmark -n $N_LAT -c $CLIENTS_LAT -P 1 --precision 3, GET, median of $ROUNDS rounds)"
 echo
-echo "| path | p50 µs | p99 µs | ops/s |"
-echo "|---|---|---|---|"
 declare -A L=()
 for round in $(seq 1 "$ROUNDS"); do
-  read -r _ rps _ _ p50 _ p99 _ < <(bench "$REDIS_PORT" "$CLIENTS_LAT" 1 "$N_LAT" get)
-  L["direct,p50,$round"]=$p50; L["direct,p99,$round"]=$p99; L["direct,rps,$round"]=$rps
-  read -r _ rps _ _ p50 _ p99 _ < <(bench "$PROXY_PORT" "$CLIENTS_LAT" 1 "$N_LAT" get)
-  L["proxy,p50,$round"]=$p50; L["proxy,p99,$round"]=$p99; L["proxy,rps,$round"]=$rps
+  for path in $PATHS; do
+    read -r _ rps _ _ p50 _ p99 _ < <(bench "${PORT[$path]}" "$CLIENTS_LAT" 1 "$N_LAT" get)
+    L["$path,p50,$round"]=$p50; L["$path,p99,$round"]=$p99; L["$path,rps,$round"]=$rps
+  done
 done
-for path in direct proxy; do
+echo "| path | p50 µs | p99 µs | ops/s |"
+echo "|---|---|---|---|"
+for path in $PATHS; do
   p50=$(for r in $(seq 1 "$ROUNDS"); do echo "${L[$path,p50,$r]}"; done | median)
   p99=$(for r in $(seq 1 "$ROUNDS"); do echo "${L[$path,p99,$r]}"; done | median)
   rps=$(for r in $(seq 1 "$ROUNDS"); do echo "${L[$path,rps,$r]}"; done | median)
-  printf '| %s | %.0f | %.0f | %.0f |\n' "$path" "$(python3 -c "print($p50 * 1000)")" \
-    "$(python3 -c "print($p99 * 1000)")" "$rps"
-  declare "LAT_${path}_p99=$p99"
+  printf '| %s | %.0f | %.0f | %.0f |\n' "$path" "$(calc "$p50 * 1000")" "$(calc "$p99 * 1000")" "$rps"
 done
-added=$(for r in $(seq 1 "$ROUNDS"); do
-  python3 -c "print((${L[proxy,p99,$r]} - ${L[direct,p99,$r]}) * 1000)"
-done | median)
-printf '\nadded p99 (median of rounds): %.0f µs\n\n' "$added"
+for path in copy fault; do
+  added=$(for r in $(seq 1 "$ROUNDS"); do calc "(${L[$path,p99,$r]} - ${L[direct,p99,$r]}) * 1000"; done | median)
+  printf '\n%s adds to p99 (median of rounds): %.0f µs' "$path" "$added"
+done
+printf '\n\n'
 
 echo "## latency toxic accuracy (latency 100 ms downstream, GET, -c 1 -n $N_TOXIC)"
 echo
-read -r _ _ davg dmin dp50 _ dp99 dmax < <(bench "$REDIS_PORT" 1 1 "$N_TOXIC" get)
+read -r _ _ _ dmin dp50 _ dp99 dmax < <(bench "${PORT[direct]}" 1 1 "$N_TOXIC" get)
 curl -sf -X POST "http://127.0.0.1:$API_PORT/proxies/redis/toxics" \
   -d '{"type":"latency","attributes":{"latency":100}}' >/dev/null
-read -r _ _ tavg tmin tp50 _ tp99 tmax < <(bench "$PROXY_PORT" 1 1 "$N_TOXIC" get)
+read -r _ _ _ tmin tp50 _ tp99 tmax < <(bench "${PORT[fault]}" 1 1 "$N_TOXIC" get)
 curl -sf -X DELETE "http://127.0.0.1:$API_PORT/proxies/redis/toxics/latency_downstream" >/dev/null
 echo "| | min ms | p50 ms | p99 ms | max ms |"
 echo "|---|---|---|---|---|"
 echo "| direct | $dmin | $dp50 | $dp99 | $dmax |"
 echo "| through latency 100 ms | $tmin | $tp50 | $tp99 | $tmax |"
-python3 -c "
-d=$dp50
-print()
-print('added by the toxic (through - direct p50): min %.3f ms, p50 %.3f ms, p99 %.3f ms, max %.3f ms' % ($tmin - d, $tp50 - d, $tp99 - d, $tmax - d))"
+echo
+calc "'added by the toxic (through minus direct p50): min %.3f ms, p50 %.3f ms, p99 %.3f ms, max %.3f ms' % ($tmin - $dp50, $tp50 - $dp50, $tp99 - $dp50, $tmax - $dp50)"
 echo
 echo "load average: $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end ($(nproc) CPUs)"
