@@ -105,6 +105,7 @@ pub(crate) async fn serve(client: TcpStream, mut ctx: Context) {
         rng,
         rolls,
         tracked: None,
+        server_spoke: false,
         toxics: toxics.clone(),
         metrics: ConnMetrics::new(&ctx.proxy),
     };
@@ -207,6 +208,8 @@ struct Conn {
     rolls: Rolls,
     /// Whether the connection is HTTP-tracked (`None`: the client has not spoken yet).
     tracked: Option<bool>,
+    /// The server sent bytes (a server-first protocol is never HTTP).
+    server_spoke: bool,
     /// The toxics last applied.
     toxics: ToxicSet,
     metrics: ConnMetrics,
@@ -342,8 +345,12 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Some(End::Reset),
             Err(_) => return Some(End::Closed),
         };
-        if dir == Direction::Upstream && self.tracked.is_none() && n > 0 {
-            self.sniff();
+        if n > 0 {
+            match dir {
+                Direction::Upstream if self.tracked.is_none() => self.sniff(),
+                Direction::Downstream => self.server_spoke = true,
+                Direction::Upstream => {}
+            }
         }
         let (link, dest, counter) = match dir {
             Direction::Upstream => (&mut self.up, &self.server, &self.metrics.up),
@@ -386,7 +393,7 @@ impl Conn {
     /// Decides, on the client's first bytes, whether the connection is HTTP and so
     /// tracked for its whole life.
     fn sniff(&mut self) {
-        let http = self.down.rbuf.is_empty() && looks_like_http(&self.up.rbuf);
+        let http = !self.server_spoke && looks_like_http(&self.up.rbuf);
         self.tracked = Some(http);
         if http {
             let now = Instant::now();
