@@ -233,6 +233,13 @@ impl Conn {
                 if self.up.reset_due(now) || self.down.reset_due(now) {
                     return self.finish(End::Reset);
                 }
+                // A connection that looked like HTTP but is not (or upgraded to another
+                // protocol) goes back to the fast path once its trackers gave up.
+                if self.tracked == Some(true) && self.up.head_spent() && self.down.head_spent() {
+                    self.up.head = None;
+                    self.down.head = None;
+                    self.tracked = Some(false);
+                }
             }
             if let Some(end) = self.act_on_markers().await {
                 return self.finish(end);

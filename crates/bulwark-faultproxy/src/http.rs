@@ -345,6 +345,11 @@ impl RequestStage {
         self.out.bytes + self.head.len()
     }
 
+    /// Tracking stopped and nothing is held: the tracker can go.
+    pub(crate) fn is_spent(&self) -> bool {
+        matches!(self.framing, Framing::Opaque) && self.out.queue.is_empty()
+    }
+
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.out.queue.front().map(|t| t.at)
     }
@@ -577,6 +582,17 @@ impl ResponseStage {
 
     pub(crate) fn buffered(&self) -> usize {
         self.out.bytes + self.input_bytes + self.head.len()
+    }
+
+    /// Tracking stopped and nothing is held or owed (no answer still to send).
+    pub(crate) fn is_spent(&self) -> bool {
+        matches!(self.framing, Framing::Opaque)
+            && self.out.queue.is_empty()
+            && self.input.is_empty()
+            && !self
+                .expects
+                .iter()
+                .any(|e| matches!(e, Expect::Synthetic { .. }))
     }
 
     pub(crate) fn deadline(&self) -> Option<Instant> {
