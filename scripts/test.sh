@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite in one command. It first provisions what the tests need when it is
 # missing (redis-server >= 7 from Debian's packages, cargo-nextest from crates.io,
-# toxiproxy-python from PyPI), so it
-# works on a fresh Debian machine as root (or with sudo) as well as on a prepared one.
+# toxiproxy-python from PyPI), so it works on a fresh Debian machine as root (or with
+# sudo) as well as on a prepared one.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -E 'test(cap)'   # extra arguments go to cargo nextest run

@@ -437,11 +437,11 @@ impl Proxies {
         }
         let mut out = Vec::with_capacity(plans.len());
         for plan in plans {
-            if let Some(e) = proxies.get(&plan.name) {
-                if same(&plan, e) {
-                    out.push(e.to_json());
-                    continue;
-                }
+            if let Some(e) = proxies.get(&plan.name)
+                && same(&plan, e)
+            {
+                out.push(e.to_json());
+                continue;
             }
             let old_listener = match proxies.remove(&plan.name) {
                 Some(mut old) => old.stop().await,

@@ -105,10 +105,11 @@ pub(crate) async fn serve(client: TcpStream, mut ctx: Context) {
         rng,
         rolls,
         tracked: None,
+        server_spoke: false,
         toxics: toxics.clone(),
         metrics: ConnMetrics::new(&ctx.proxy),
     };
-    let end = conn.run(&mut ctx).await;
+    let end = conn.run(ctx.toxics, &ctx.stop).await;
     tracing::debug!(proxy = &*ctx.proxy, end = ?end, "connection ended");
 }
 
@@ -187,7 +188,8 @@ impl Drop for ConnMetrics {
 /// What woke the connection up.
 enum Event {
     Stop,
-    Toxics,
+    /// The toxics changed; the receiver is handed back to wait for the next change.
+    Toxics(watch::Receiver<ToxicSet>),
     ReadUp(io::Result<usize>),
     ReadDown(io::Result<usize>),
     WroteUp(io::Result<usize>),
@@ -206,19 +208,23 @@ struct Conn {
     rolls: Rolls,
     /// Whether the connection is HTTP-tracked (`None`: the client has not spoken yet).
     tracked: Option<bool>,
+    /// The server sent bytes (a server-first protocol is never HTTP).
+    server_spoke: bool,
     /// The toxics last applied.
     toxics: ToxicSet,
     metrics: ConnMetrics,
 }
 
 impl Conn {
-    async fn run(&mut self, ctx: &mut Context) -> End {
+    async fn run(&mut self, toxics: watch::Receiver<ToxicSet>, stop: &CancellationToken) -> End {
         if let Some(end) = self.apply(self.toxics.clone(), Instant::now()) {
             return self.finish(end);
         }
-        let stop = ctx.stop.clone();
+        // Both futures live across iterations, so waiting for a stop or a toxic change
+        // costs nothing per read or write (no waiter registered and removed each time).
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
+        let mut change = Box::pin(next_change(toxics));
         loop {
             if !(self.up.is_direct() && self.down.is_direct()) {
                 let now = Instant::now();
@@ -226,6 +232,13 @@ impl Conn {
                 self.down.advance(now, &mut self.rng);
                 if self.up.reset_due(now) || self.down.reset_due(now) {
                     return self.finish(End::Reset);
+                }
+                // A connection that looked like HTTP but is not (or upgraded to another
+                // protocol) goes back to the fast path once its trackers gave up.
+                if self.tracked == Some(true) && self.up.head_spent() && self.down.head_spent() {
+                    self.up.head = None;
+                    self.down.head = None;
+                    self.tracked = Some(false);
                 }
             }
             if let Some(end) = self.act_on_markers().await {
@@ -258,8 +271,8 @@ impl Conn {
                 tokio::select! {
                     biased;
                     _ = &mut stopped => Event::Stop,
-                    r = ctx.toxics.changed() => match r {
-                        Ok(()) => Event::Toxics,
+                    (rx, r) = &mut change => match r {
+                        Ok(()) => Event::Toxics(rx),
                         Err(_) => Event::Stop,
                     },
                     r = server_w.write(up_out), if write_up => Event::WroteUp(r),
@@ -273,8 +286,9 @@ impl Conn {
             self.down.rbuf = down_buf;
             let outcome = match event {
                 Event::Stop => Some(End::Closed),
-                Event::Toxics => {
-                    let toxics = ctx.toxics.borrow_and_update().clone();
+                Event::Toxics(mut rx) => {
+                    let toxics = rx.borrow_and_update().clone();
+                    change = Box::pin(next_change(rx));
                     self.apply(toxics, Instant::now())
                 }
                 Event::WroteUp(r) => wrote(&mut self.up, r),
@@ -310,10 +324,10 @@ impl Conn {
             .reconcile(&data(Direction::Downstream), now, &mut self.rng);
         if self.tracked == Some(true) {
             let faults = self.active_http_faults(toxics);
-            if self.up.set_http_faults(faults, now) {
-                if let Some(Head::Responses(r)) = &mut self.down.head {
-                    r.release(now);
-                }
+            if self.up.set_http_faults(faults, now)
+                && let Some(Head::Responses(r)) = &mut self.down.head
+            {
+                r.release(now);
             }
         }
         None
@@ -322,10 +336,10 @@ impl Conn {
     fn active_http_faults(&mut self, toxics: &[Toxic]) -> Vec<ActiveFault> {
         let mut faults = Vec::new();
         for t in toxics {
-            if let Some(f) = ActiveFault::of(t) {
-                if self.rolls.roll(t, &mut self.rng) {
-                    faults.push(f);
-                }
+            if let Some(f) = ActiveFault::of(t)
+                && self.rolls.roll(t, &mut self.rng)
+            {
+                faults.push(f);
             }
         }
         faults
@@ -338,8 +352,12 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Some(End::Reset),
             Err(_) => return Some(End::Closed),
         };
-        if dir == Direction::Upstream && self.tracked.is_none() && n > 0 {
-            self.sniff();
+        if n > 0 {
+            match dir {
+                Direction::Upstream if self.tracked.is_none() => self.sniff(),
+                Direction::Downstream => self.server_spoke = true,
+                Direction::Upstream => {}
+            }
         }
         let (link, dest, counter) = match dir {
             Direction::Upstream => (&mut self.up, &self.server, &self.metrics.up),
@@ -370,12 +388,11 @@ impl Conn {
         }
         let chunk = link.rbuf.split().freeze();
         link.input(Item::Data(chunk), Instant::now(), &mut self.rng);
-        if dir == Direction::Upstream {
-            if let (Some(Head::Requests(req)), Some(Head::Responses(resp))) =
+        if dir == Direction::Upstream
+            && let (Some(Head::Requests(req)), Some(Head::Responses(resp))) =
                 (&mut self.up.head, &mut self.down.head)
-            {
-                resp.expect(req.take_expects());
-            }
+        {
+            resp.expect(req.take_expects());
         }
         None
     }
@@ -383,7 +400,7 @@ impl Conn {
     /// Decides, on the client's first bytes, whether the connection is HTTP and so
     /// tracked for its whole life.
     fn sniff(&mut self) {
-        let http = self.down.rbuf.is_empty() && looks_like_http(&self.up.rbuf);
+        let http = !self.server_spoke && looks_like_http(&self.up.rbuf);
         self.tracked = Some(http);
         if http {
             let now = Instant::now();
@@ -437,6 +454,18 @@ fn wrote(link: &mut Link, r: io::Result<usize>) -> Option<End> {
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Some(End::Reset),
         Err(_) => Some(End::Closed),
     }
+}
+
+/// Waits for the next change of the toxics, owning the receiver so the wait can span many
+/// loop iterations; gives the receiver back.
+async fn next_change(
+    mut rx: watch::Receiver<ToxicSet>,
+) -> (
+    watch::Receiver<ToxicSet>,
+    Result<(), watch::error::RecvError>,
+) {
+    let r = rx.changed().await;
+    (rx, r)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -345,6 +345,11 @@ impl RequestStage {
         self.out.bytes + self.head.len()
     }
 
+    /// Tracking stopped and nothing is held: the tracker can go.
+    pub(crate) fn is_spent(&self) -> bool {
+        matches!(self.framing, Framing::Opaque) && self.out.queue.is_empty()
+    }
+
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.out.queue.front().map(|t| t.at)
     }
@@ -579,6 +584,17 @@ impl ResponseStage {
         self.out.bytes + self.input_bytes + self.head.len()
     }
 
+    /// Tracking stopped and nothing is held or owed (no answer still to send).
+    pub(crate) fn is_spent(&self) -> bool {
+        matches!(self.framing, Framing::Opaque)
+            && self.out.queue.is_empty()
+            && self.input.is_empty()
+            && !self
+                .expects
+                .iter()
+                .any(|e| matches!(e, Expect::Synthetic { .. }))
+    }
+
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let answer = match (&self.framing, self.expects.front()) {
             (Framing::Head, Some(Expect::Synthetic { at, .. })) if self.head.is_empty() => {
@@ -606,24 +622,22 @@ impl ResponseStage {
     fn sequence(&mut self, now: Instant) {
         loop {
             let between = matches!(self.framing, Framing::Head) && self.head.is_empty();
-            if between {
-                if let Some(Expect::Synthetic { at, .. }) = self.expects.front() {
-                    if *at > now {
-                        return;
-                    }
-                    if let Some(Expect::Synthetic {
-                        response,
-                        at,
-                        close,
-                    }) = self.expects.pop_front()
-                    {
-                        self.out.push(Item::Data(response), at, at);
-                        if close {
-                            self.out.push(Item::Close, at, at);
-                        }
-                    }
-                    continue;
+            if between && let Some(Expect::Synthetic { at, .. }) = self.expects.front() {
+                if *at > now {
+                    return;
                 }
+                if let Some(Expect::Synthetic {
+                    response,
+                    at,
+                    close,
+                }) = self.expects.pop_front()
+                {
+                    self.out.push(Item::Data(response), at, at);
+                    if close {
+                        self.out.push(Item::Close, at, at);
+                    }
+                }
+                continue;
             }
             let Some(t) = self.input.pop_front() else {
                 return;

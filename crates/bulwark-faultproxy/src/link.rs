@@ -156,6 +156,16 @@ impl Link {
             .min()
     }
 
+    /// Whether the HTTP tracker stopped tracking and holds nothing (so it can be dropped
+    /// and the link can go back to the fast path).
+    pub(crate) fn head_spent(&self) -> bool {
+        match &self.head {
+            Some(Head::Requests(r)) => r.is_spent(),
+            Some(Head::Responses(r)) => r.is_spent(),
+            None => true,
+        }
+    }
+
     /// Whether a `reset_peer` toxic fired.
     pub(crate) fn reset_due(&self, now: Instant) -> bool {
         self.stages.iter().any(|s| s.reset_due(now))

@@ -339,7 +339,8 @@ impl Stage {
                     if *closed {
                         return;
                     }
-                    let remaining = *limit - *sent;
+                    // An update may lower the limit below what already went through.
+                    let remaining = limit.saturating_sub(*sent);
                     if (data.len() as u64) > remaining {
                         data.truncate(usize::try_from(remaining).unwrap_or(0));
                     }
@@ -616,6 +617,13 @@ mod tests {
         updated.push(Timed::new(data("defgh"), t0), &mut rng);
         updated.push(Timed::new(data("ij"), t0), &mut rng);
         assert_eq!(due(&mut updated, t0), [data("de"), Item::Close]);
+
+        // Lowered below what already went through: the next data closes at once.
+        let mut lowered = Stage::new(&toxic(ToxicKind::LimitData { bytes: 2 }), t0, &mut rng)
+            .expect("a data toxic");
+        lowered.inherit(&s);
+        lowered.push(Timed::new(data("x"), t0), &mut rng);
+        assert_eq!(due(&mut lowered, t0), [Item::Close]);
     }
 
     #[test]

@@ -469,3 +469,53 @@ async fn unknown_routes_methods_browsers_and_big_bodies_get_json_errors() {
     assert_eq!(err["status"], json!(413));
     fp.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_config_file_creates_proxies_before_serving_and_a_bad_one_stops_the_start() {
+    let upstream = echo_server().await.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("proxies.json");
+    std::fs::write(
+        &good,
+        json!([{"name": "from_file", "listen": "127.0.0.1:0", "upstream": upstream}]).to_string(),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut args = bulwark_faultproxy::ProxyArgs::new("127.0.0.1:0");
+    args.config = Some(good);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bulwark_faultproxy::serve(listener, args, async move {
+        let _ = stopped.await;
+        "test".to_string()
+    }));
+    let proxy: Value = reqwest::get(format!("http://127.0.0.1:{port}/proxies/from_file"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        echo_works(proxy["listen"].as_str().unwrap()).await,
+        "{proxy}"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"[{"name": "x"}]"#).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut args = bulwark_faultproxy::ProxyArgs::new("127.0.0.1:0");
+    args.config = Some(bad);
+    let err = bulwark_faultproxy::serve(listener, args, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        err.downcast_ref::<bulwark_config::ConfigError>().is_some(),
+        "a config error (exit code 2): {err:#}"
+    );
+    assert!(
+        format!("{err:#}").contains("missing required field: upstream at proxy 1"),
+        "{err:#}"
+    );
+}

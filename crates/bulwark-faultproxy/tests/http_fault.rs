@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
-use axum::routing::{get, post};
+use axum::routing::get;
 use common::{FaultProxy, read_up_to};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -256,5 +256,26 @@ async fn head_requests_get_an_answer_without_a_body() {
     // The connection is still in step: the next request gets its own answer.
     let resp = http.get(format!("{base}/y")).send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "/y ");
+    fp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_text_protocol_that_looks_like_http_passes_untouched() {
+    // Redis inline commands start like a request line ("SET k v"): the tracker gives up
+    // on the first line and the bytes go through as they are, fault or no fault.
+    let redis = bulwark_testkit::RedisServer::start(bulwark_testkit::RedisOptions::default()).await;
+    let fp = FaultProxy::start().await;
+    let addr = fp.proxy("redis", &redis.addr()).await;
+    fp.toxic(
+        "redis",
+        json!({"type": "http_fault", "stream": "upstream", "attributes": {"status": 503}}),
+    )
+    .await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..3 {
+        c.write_all(b"SET k v\r\nGET k\r\n").await.unwrap();
+        let got = read_up_to(&mut c, 12, Duration::from_secs(10)).await;
+        assert_eq!(got, b"+OK\r\n$1\r\nv\r\n");
+    }
     fp.shutdown().await;
 }
