@@ -44,7 +44,25 @@ async fn execute(client: &ControlClient, args: &CtlArgs) -> Result<ExitCode, Cli
             grep,
             tail,
         } => {
-            let status = client.service(service).await?;
+            let status = if service == crate::up::OWN_LOG {
+                // `up`'s own log sits next to its services' logs.
+                let services = client.services().await?;
+                let Some(any) = services.into_iter().next() else {
+                    eprintln!(
+                        "error: the cluster runs no service, so its log directory is unknown"
+                    );
+                    return Ok(ExitCode::FAILURE);
+                };
+                ServiceStatus {
+                    name: service.clone(),
+                    log_file: any
+                        .log_file
+                        .with_file_name(format!("{}.log", crate::up::OWN_LOG)),
+                    ..any
+                }
+            } else {
+                client.service(service).await?
+            };
             return Ok(print_logs(&status, grep.as_deref(), *tail).await);
         }
         CtlCommand::Stop { service } => client.act(service, "stop", None).await?,

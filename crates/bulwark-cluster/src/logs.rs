@@ -67,6 +67,74 @@ impl Echo {
     }
 }
 
+/// `up`'s own log lines (it has no stdout pump: its stdout is the terminal): each event
+/// becomes one line appended to the log file and, when echoing, one formatted terminal
+/// line. A `tracing` writer: the formatter writes an event into an [`OwnLine`], which is
+/// flushed as a whole when dropped.
+#[derive(Debug)]
+pub struct OwnLog {
+    file: std::sync::Mutex<std::fs::File>,
+    echo: Option<Echo>,
+}
+
+impl OwnLog {
+    /// Appends to `file`; echoes with `echo` when given.
+    pub fn new(file: std::fs::File, echo: Option<Echo>) -> OwnLog {
+        OwnLog {
+            file: std::sync::Mutex::new(file),
+            echo,
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for OwnLog {
+    type Writer = OwnLine<'a>;
+
+    fn make_writer(&'a self) -> OwnLine<'a> {
+        OwnLine {
+            log: self,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// One event being formatted for [`OwnLog`].
+#[derive(Debug)]
+pub struct OwnLine<'a> {
+    log: &'a OwnLog,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for OwnLine<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for OwnLine<'_> {
+    fn drop(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if self.buf.last() != Some(&b'\n') {
+            self.buf.push(b'\n');
+        }
+        // The control-plane events are rare; a short blocking append is fine. A failing
+        // disk must not take the supervisor down: the error is ignored.
+        if let Ok(mut f) = self.log.file.lock() {
+            let _ = f.write_all(&self.buf);
+        }
+        if let Some(echo) = &self.log.echo {
+            echo.print(&self.buf[..self.buf.len() - 1]);
+        }
+    }
+}
+
 /// Lines waiting for the terminal writer thread.
 const TERMINAL_QUEUE: usize = 4096;
 

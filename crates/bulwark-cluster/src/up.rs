@@ -92,7 +92,39 @@ pub async fn run_up(
     }
     let exe = std::env::current_exe().map_err(io_err("cannot locate the bulwark executable"))?;
     let topology = Topology::from_up_args(&args, &exe);
+    init_own_log(&topology)?;
     run(topology, shutdown).await?;
+    Ok(())
+}
+
+/// Name of `up`'s own log (the chaos controller's `CHAOS_FAULT`/`CHAOS_EXPERIMENT` events
+/// and whatever else the supervisor process itself logs), next to the services' logs:
+/// `bulwark ctl logs up`.
+pub const OWN_LOG: &str = "up";
+
+/// Sends this process's JSON log lines (at `LOG_LEVEL`) to `<data>/logs/up.log` and, unless
+/// `--quiet`, to the merged terminal stream as `up | …`.
+fn init_own_log(topology: &Topology) -> Result<(), UpError> {
+    let dir = topology.log_dir();
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+    let path = logs::log_path(&dir, OWN_LOG);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_err(format!("cannot open {}", path.display())))?;
+    let width = topology
+        .services
+        .iter()
+        .map(|s| s.name.len())
+        .chain([OWN_LOG.len()])
+        .max()
+        .unwrap_or(0);
+    let echo = topology
+        .echo_logs
+        .then(|| logs::Echo::new(OWN_LOG, topology.services.len(), width));
+    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "INFO".into());
+    bulwark_obs::logging::init_with_writer(&level, logs::OwnLog::new(file, echo));
     Ok(())
 }
 

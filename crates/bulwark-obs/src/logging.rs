@@ -26,6 +26,15 @@ pub fn parse_level(level: &str) -> Option<&'static str> {
 ///
 /// Calling it twice is harmless (the second call is ignored), so tests may call it.
 pub fn init(level: &str) {
+    init_with_writer(level, std::io::stdout);
+}
+
+/// [`init`], writing each JSON line to `writer` instead of stdout (the supervisor, whose
+/// stdout is a person's terminal, logs to a file).
+pub fn init_with_writer<W>(level: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let directive = parse_level(level).unwrap_or("info");
     // Our own crates log at the chosen level; dependencies only warn and above, so a
     // DEBUG run is not drowned in hyper's connection chatter.
@@ -37,7 +46,7 @@ pub fn init(level: &str) {
         .with_span_list(false)
         .with_target(false)
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .try_init();
 }
 

@@ -273,11 +273,24 @@ async fn partition_shapes_cut_the_right_links_of_a_real_cluster() {
     let (s, body) = post(&c, format!("{AP_URL}/write/shape-isolate/v")).await;
     let missed = body["behind"][0].as_str().or(body["pending"][0].as_str());
     assert_eq!((s, missed), (200, Some("db_g2")), "{body}");
-    remove(f["id"].as_str().expect("id")).await;
+    let id = f["id"].as_str().expect("id").to_owned();
+    remove(&id).await;
     assert!(
         toxics().await.is_empty(),
         "heal: removing the fault removes its toxics"
     );
+    // `up`'s own log records the fault's life: `bulwark ctl logs up`.
+    let out = bulwark()
+        .args(["ctl", "--control", CONTROL_URL, "logs", "up", "--grep", &id])
+        .output()
+        .expect("ctl logs up");
+    let phases: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "CHAOS_FAULT")
+        .filter_map(|e| e["phase"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(phases, ["applied", "removed"], "{out:?}");
 
     // Halves over [app_ap, db_g1 | app_cp, db_g2, db_g3].
     let nodes = json!(["app_ap", "db_g1", "app_cp", "db_g2", "db_g3"]);
