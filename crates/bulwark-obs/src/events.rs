@@ -42,6 +42,10 @@ pub struct RequestCompleted<'a> {
     pub status: u16,
     /// Time from request received to response ready.
     pub latency: std::time::Duration,
+    /// A high-volume request that went as expected (health checks; the commerce
+    /// service's successful reads and purchases): logged at DEBUG, still counted, so
+    /// the request log does not cost more than the request.
+    pub routine: bool,
 }
 
 impl Emit for RequestCompleted<'_> {
@@ -55,9 +59,7 @@ impl Emit for RequestCompleted<'_> {
         m.request_latency
             .with_label_values(&[self.mode, self.operation])
             .observe(secs);
-        // Health checks arrive every few seconds from supervisors and load balancers;
-        // they would drown the request log, so they are logged at DEBUG (still counted).
-        let level = if self.operation == "health" {
+        let level = if self.routine {
             tracing::Level::DEBUG
         } else {
             tracing::Level::INFO
@@ -685,6 +687,125 @@ impl Emit for AntiEntropyConflict<'_> {
             key = self.key,
             version = self.version,
             holders = self.holders,
+        );
+    }
+}
+
+/// A saga step was entered (`SAGA_STEP`; DEBUG for the happy path, WARNING for
+/// compensations, ERROR for dead letters).
+#[derive(Debug)]
+pub struct SagaStep<'a> {
+    /// The order.
+    pub order_id: &'a str,
+    /// The step entered (`RESERVED`, `CONFIRMED`, `COMPENSATING`, `CANCELLED`, `DEAD`).
+    pub step: &'a str,
+    /// Why (compensations and dead letters).
+    pub reason: Option<&'a str>,
+    /// Failed attempts before this step.
+    pub attempts: i64,
+}
+
+impl Emit for SagaStep<'_> {
+    fn emit(self) {
+        metrics()
+            .shop_saga_transitions
+            .with_label_values(&[self.step])
+            .inc();
+        let level = match self.step {
+            "DEAD" => tracing::Level::ERROR,
+            "COMPENSATING" => tracing::Level::WARN,
+            "CANCELLED" if self.reason != Some("PAYMENT_DECLINED") => tracing::Level::WARN,
+            _ => tracing::Level::DEBUG,
+        };
+        event_at!(
+            level,
+            event = "SAGA_STEP",
+            order_id = self.order_id,
+            step = self.step,
+            reason = self.reason.unwrap_or(""),
+            attempts = self.attempts,
+        );
+    }
+}
+
+/// A reconciliation found a product's stock figures disagreeing
+/// (`InventoryInconsistency`, ERROR; the seed's alert name, SHOP-6).
+#[derive(Debug)]
+pub struct InventoryInconsistency<'a> {
+    /// The product.
+    pub product: &'a str,
+    /// Stock in the database.
+    pub db_stock: i64,
+    /// Stock in the cache (if cached).
+    pub cache_stock: Option<i64>,
+    /// Units held by unfinished orders.
+    pub reserved: i64,
+    /// Units sold.
+    pub sold: i64,
+    /// Stock at seeding.
+    pub initial_stock: i64,
+    /// Which checks failed (`cache_matches_db`, `stock_conserved`).
+    pub failed: &'a str,
+}
+
+impl Emit for InventoryInconsistency<'_> {
+    fn emit(self) {
+        let m = metrics();
+        m.shop_inventory_inconsistency
+            .with_label_values(&[self.product])
+            .set(1);
+        m.shop_reconcile_runs
+            .with_label_values(&["inconsistent"])
+            .inc();
+        tracing::error!(
+            event = "InventoryInconsistency",
+            product = self.product,
+            db_stock = self.db_stock,
+            cache_stock = self.cache_stock,
+            reserved = self.reserved,
+            sold = self.sold,
+            initial_stock = self.initial_stock,
+            failed = self.failed,
+        );
+    }
+}
+
+/// A reconciliation found a product consistent (metric only: it runs every few seconds).
+#[derive(Debug)]
+pub struct InventoryConsistent<'a> {
+    /// The product.
+    pub product: &'a str,
+}
+
+impl Emit for InventoryConsistent<'_> {
+    fn emit(self) {
+        let m = metrics();
+        m.shop_inventory_inconsistency
+            .with_label_values(&[self.product])
+            .set(0);
+        m.shop_reconcile_runs.with_label_values(&["ok"]).inc();
+    }
+}
+
+/// The event bus refused or did not acknowledge outbox events in time
+/// (`OUTBOX_PUBLISH_FAILED`, WARNING); they stay in the outbox and are retried.
+#[derive(Debug)]
+pub struct OutboxPublishFailed<'a> {
+    /// `embedded` or `nats`.
+    pub sink: &'a str,
+    /// Events in the failed attempt.
+    pub events: usize,
+    /// What went wrong.
+    pub error: &'a str,
+}
+
+impl Emit for OutboxPublishFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            event = "OUTBOX_PUBLISH_FAILED",
+            sink = self.sink,
+            events = self.events,
+            error = self.error,
         );
     }
 }

@@ -3,8 +3,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric a Bulwark process can export. Services only touch the ones they use;
@@ -70,7 +70,32 @@ pub struct Metrics {
     pub fault_proxy_bytes: IntCounterVec,
     /// `fault_proxy_toxics{proxy}`: toxics active on a fault proxy.
     pub fault_proxy_toxics: IntGaugeVec,
+    /// `shop_cache_requests_total{cache,result}`: commerce cache lookups (`details` or
+    /// `stock`; `hit` or `miss`).
+    pub shop_cache_requests: IntCounterVec,
+    /// `shop_cache_hit_ratio{cache}`: hits / lookups since start (SHOP-1).
+    pub shop_cache_hit_ratio: GaugeVec,
+    /// `shop_purchases_total{strategy,outcome}`: purchase requests by outcome.
+    pub shop_purchases: IntCounterVec,
+    /// `shop_batch_size{stage}`: operations merged into one transaction (group commit).
+    pub shop_batch_size: HistogramVec,
+    /// `shop_saga_transitions_total{step}`: saga steps entered.
+    pub shop_saga_transitions: IntCounterVec,
+    /// `shop_inventory_inconsistency{product}`: 1 while the last reconciliation of a
+    /// product found cache, reservations and database disagreeing (SHOP-6).
+    pub shop_inventory_inconsistency: IntGaugeVec,
+    /// `shop_reconcile_runs_total{result}`: reconciliation checks, `ok` or `inconsistent`.
+    pub shop_reconcile_runs: IntCounterVec,
+    /// `shop_outbox_backlog`: outbox rows not yet acknowledged by the event bus.
+    pub shop_outbox_backlog: IntGauge,
+    /// `shop_events_published_total{sink}`: events handed to the bus and acknowledged.
+    pub shop_events_published: IntCounterVec,
 }
+
+/// Batch sizes from 1 to 4096 (powers of two).
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
 
 /// Buckets from 100 µs to 10 s: fine enough to see a 1 ms p99.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -139,7 +164,77 @@ impl Metrics {
         registry
             .register(Box::new(chaos_recovery.clone()))
             .expect("metric registered once");
+        let shop_batch_size = HistogramVec::new(
+            HistogramOpts::new(
+                "shop_batch_size",
+                "Operations merged into one database transaction, per stage.",
+            )
+            .buckets(BATCH_BUCKETS.to_vec()),
+            &["stage"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(shop_batch_size.clone()))
+            .expect("metric registered once");
+        let shop_cache_hit_ratio = GaugeVec::new(
+            Opts::new(
+                "shop_cache_hit_ratio",
+                "Commerce cache hits divided by lookups since start, per cache.",
+            ),
+            &["cache"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(shop_cache_hit_ratio.clone()))
+            .expect("metric registered once");
+        let shop_outbox_backlog = IntGauge::new(
+            "shop_outbox_backlog",
+            "Outbox rows not yet acknowledged by the event bus.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(shop_outbox_backlog.clone()))
+            .expect("metric registered once");
         Metrics {
+            shop_cache_requests: counter(
+                &registry,
+                "shop_cache_requests_total",
+                "Commerce cache lookups by cache (details, stock) and result (hit, miss).",
+                &["cache", "result"],
+            ),
+            shop_cache_hit_ratio,
+            shop_purchases: counter(
+                &registry,
+                "shop_purchases_total",
+                "Purchase requests by strategy and outcome.",
+                &["strategy", "outcome"],
+            ),
+            shop_batch_size,
+            shop_saga_transitions: counter(
+                &registry,
+                "shop_saga_transitions_total",
+                "Saga steps entered (RESERVED, CONFIRMED, COMPENSATING, CANCELLED, DEAD).",
+                &["step"],
+            ),
+            shop_inventory_inconsistency: gauge(
+                &registry,
+                "shop_inventory_inconsistency",
+                "1 while a product's cache, reservations and database stock disagree.",
+                &["product"],
+            ),
+            shop_reconcile_runs: counter(
+                &registry,
+                "shop_reconcile_runs_total",
+                "Inventory reconciliation checks by result (ok, inconsistent).",
+                &["result"],
+            ),
+            shop_outbox_backlog,
+            shop_events_published: counter(
+                &registry,
+                "shop_events_published_total",
+                "Saga events acknowledged by the event bus, per sink.",
+                &["sink"],
+            ),
             chaos_experiments: counter(
                 &registry,
                 "chaos_experiments_total",

@@ -10,7 +10,9 @@
 //!   fault tests of clients;
 //! * [`RespProxy`]: a RESP-aware proxy in front of one server that drops the reply of,
 //!   refuses, delays or closes after *specific* commands, switched at run time by
-//!   [`Rule`]s, for tests of the two-phase commit's lost-message paths.
+//!   [`Rule`]s, for tests of the two-phase commit's lost-message paths;
+//! * [`sql::TestDatabase`]: a uniquely named PostgreSQL or MariaDB database (or a
+//!   temporary SQLite file) for one test, dropped with it.
 //!
 //! Helpers panic with a message on set-up failures: they run only inside tests, where a
 //! panic is a test failure that says what went wrong.
@@ -20,6 +22,7 @@
 mod faults;
 mod redis;
 mod resp_proxy;
+pub mod sql;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};

@@ -28,6 +28,8 @@ enum Command {
     Ctl(bulwark_cluster::CtlArgs),
     /// Load generators with HDR histograms.
     Bench(bulwark_bench::BenchArgs),
+    /// Run the flash-sale commerce service (HTTP, port 8080): catalog, purchase saga, audit.
+    Shop(bulwark_shop::ShopArgs),
     /// Chaos engineering: the fault proxy, the safety switch, faults and experiments.
     Chaos(ChaosArgs),
 }
@@ -84,6 +86,9 @@ fn main() -> ExitCode {
                     .map(|()| ExitCode::SUCCESS)
             }
             Command::Gateway(args) => bulwark_gateway::run(args, shutdown_signal())
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Shop(args) => bulwark_shop::run(args, shutdown_signal())
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Ctl(args) => bulwark_cluster::run_ctl(args).await,

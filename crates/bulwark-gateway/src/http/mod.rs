@@ -111,6 +111,9 @@ async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
         path: &path,
         status: response.status().as_u16(),
         latency: started.elapsed(),
+        // Health checks arrive every few seconds from supervisors and load balancers;
+        // they would drown the request log.
+        routine: operation == "health",
     }
     .emit();
     response
