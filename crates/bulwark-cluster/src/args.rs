@@ -62,6 +62,11 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_chaos_proxy: bool,
 
+    /// Do not start the commerce service (`app_shop` on 8080, SQLite under the data
+    /// directory).
+    #[arg(long)]
+    pub no_shop: bool,
+
     /// Allow fault injection from the start (otherwise `bulwark chaos enable` is needed).
     #[arg(long, env = "CHAOS_ENABLED", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub chaos: bool,

@@ -365,27 +365,33 @@ impl Supervisor {
     }
 
     /// Starts everything in dependency order: replicas, then (once they are all healthy)
-    /// the fault proxy, then gateways. Returns the services that did not become healthy
-    /// (later kinds are not started if an earlier one failed).
+    /// the fault proxy, then gateways, then standalone applications. Returns the services
+    /// that did not become healthy (later kinds are not started if an earlier one failed).
     pub async fn start_all(
         &self,
         progress: &(dyn Fn(&str, Option<Duration>) + Sync),
     ) -> Vec<String> {
-        for kind in [ServiceKind::Replica, ServiceKind::Proxy] {
+        for kind in [
+            ServiceKind::Replica,
+            ServiceKind::Proxy,
+            ServiceKind::Gateway,
+            ServiceKind::App,
+        ] {
             let failed = self.start_kind(kind, progress).await;
             if !failed.is_empty() {
                 return failed;
             }
         }
-        self.start_kind(ServiceKind::Gateway, progress).await
+        Vec::new()
     }
 
-    /// Stops every service, gateways first (they stop accepting and drain while replicas
-    /// still answer), then replicas; each gets SIGTERM and the stop timeout before SIGKILL.
+    /// Stops every service, applications and gateways first (they stop accepting and drain
+    /// while replicas still answer), then replicas; each gets SIGTERM and the stop timeout before SIGKILL.
     /// Returns once every process has ended and every actor has finished.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         for kind in [
+            ServiceKind::App,
             ServiceKind::Gateway,
             ServiceKind::Proxy,
             ServiceKind::Replica,

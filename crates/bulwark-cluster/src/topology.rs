@@ -23,6 +23,8 @@ pub const AP_PORT: u16 = 5001;
 pub const CP_PORT: u16 = 5002;
 /// Quorum gateway port (`app_quorum`).
 pub const QUORUM_PORT: u16 = 5003;
+/// Commerce service port (`app_shop`).
+pub const SHOP_PORT: u16 = 8080;
 /// Toxiproxy API port of the fault proxy (`chaos_proxy`), Toxiproxy's default.
 pub const CHAOS_PROXY_PORT: u16 = 8474;
 
@@ -36,7 +38,8 @@ pub fn link_port(g: u16, r: u16) -> u16 {
 
 /// The role of a service, which decides its start and stop order: replicas start first and
 /// stop last, as gateways depend on them (`depends_on: service_healthy`); the fault proxy
-/// sits between them.
+/// sits between them. Applications that need none of the cluster (the commerce service)
+/// start last and stop first, with the gateways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
@@ -46,6 +49,8 @@ pub enum ServiceKind {
     Gateway,
     /// The fault proxy between gateways and replicas (`chaos_proxy`).
     Proxy,
+    /// A standalone application with its own storage (`app_shop`).
+    App,
 }
 
 impl ServiceKind {
@@ -55,6 +60,7 @@ impl ServiceKind {
             ServiceKind::Replica => "replica",
             ServiceKind::Gateway => "gateway",
             ServiceKind::Proxy => "proxy",
+            ServiceKind::App => "app",
         }
     }
 }
@@ -100,7 +106,9 @@ impl ServiceSpec {
     /// replicas).
     pub fn url(&self) -> String {
         match self.kind {
-            ServiceKind::Gateway | ServiceKind::Proxy => format!("http://127.0.0.1:{}", self.port),
+            ServiceKind::Gateway | ServiceKind::Proxy | ServiceKind::App => {
+                format!("http://127.0.0.1:{}", self.port)
+            }
             ServiceKind::Replica => format!("redis://127.0.0.1:{}", self.port),
         }
     }
@@ -310,6 +318,29 @@ impl Topology {
                 },
             });
         }
+        if !args.no_shop {
+            let db = args.data_dir.join("shop").join("shop.db");
+            services.push(ServiceSpec {
+                name: "app_shop".to_owned(),
+                kind: ServiceKind::App,
+                port: off + SHOP_PORT,
+                label: "commerce service".to_owned(),
+                program: exe.to_path_buf(),
+                args: vec![
+                    "shop".into(),
+                    "--bind".into(),
+                    "127.0.0.1".into(),
+                    "--port".into(),
+                    (off + SHOP_PORT).to_string().into(),
+                    "--database-url".into(),
+                    format!("sqlite://{}", db.display()).into(),
+                ],
+                env: Vec::new(),
+                health: HealthCheck::Http {
+                    path: "/health/ready".to_owned(),
+                },
+            });
+        }
         Topology {
             services,
             data_dir: args.data_dir.clone(),
@@ -344,6 +375,7 @@ mod tests {
             startup_timeout: 30,
             chaos: false,
             no_chaos_proxy: true,
+            no_shop: true,
             port_offset: 0,
         }
     }
@@ -456,5 +488,34 @@ mod tests {
         a.no_quorum = true;
         let t = Topology::from_up_args(&a, Path::new("/bin/bulwark"));
         assert!(!t.services.iter().any(|s| s.name == "app_quorum"));
+    }
+
+    #[test]
+    fn the_commerce_service_runs_on_sqlite_under_the_data_dir() {
+        let mut a = args(2, Backend::Bulwark);
+        a.no_shop = false;
+        a.port_offset = 10000;
+        let t = Topology::from_up_args(&a, Path::new("/bin/bulwark"));
+        let shop = t.services.iter().find(|s| s.name == "app_shop");
+        assert_eq!(
+            shop.map(|s| (s.kind, s.port, s.url())),
+            Some((ServiceKind::App, 18080, "http://127.0.0.1:18080".to_owned()))
+        );
+        assert_eq!(
+            shop.map(argv),
+            Some(
+                [
+                    "shop",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    "18080",
+                    "--database-url",
+                    "sqlite:///d/shop/shop.db"
+                ]
+                .map(String::from)
+                .to_vec()
+            )
+        );
     }
 }

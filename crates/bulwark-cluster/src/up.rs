@@ -150,7 +150,7 @@ pub async fn run(
     }
     println!("{}", endpoints_table(&topology, cluster.control_addr()));
     let reason = shutdown.await;
-    println!("bulwark up: {reason} received, stopping gateways, then replicas");
+    println!("bulwark up: {reason} received, stopping services and gateways, then replicas");
     cluster.shutdown().await;
     println!("bulwark up: all services stopped");
     Ok(())
@@ -290,6 +290,7 @@ impl Cluster {
             ServiceKind::Replica,
             ServiceKind::Proxy,
             ServiceKind::Gateway,
+            ServiceKind::App,
         ] {
             if kind == ServiceKind::Gateway && !self.topology.links.is_empty() {
                 self.populate_proxies().await?;
@@ -392,6 +393,7 @@ pub fn endpoints_table(topology: &Topology, control: SocketAddr) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
     for kind in [
         ServiceKind::Gateway,
+        ServiceKind::App,
         ServiceKind::Replica,
         ServiceKind::Proxy,
     ] {

@@ -16,11 +16,12 @@ pub const AP: &str = "http://127.0.0.1:5001";
 pub const CP: &str = "http://127.0.0.1:5002";
 pub const QUORUM: &str = "http://127.0.0.1:5003";
 pub const CONTROL: &str = "http://127.0.0.1:7070";
+pub const SHOP: &str = "http://127.0.0.1:8080";
 
 /// Ports `bulwark up` uses by default: gateways, replicas, control API, the fault proxy's
-/// API and a few of its links (65xx from app_ap, 66xx from app_cp).
-const FIXED_PORTS: [u16; 11] = [
-    5001, 5002, 5003, 6401, 6402, 6403, 7070, 8474, 6501, 6502, 6601,
+/// API and a few of its links (65xx from app_ap, 66xx from app_cp), the commerce service.
+const FIXED_PORTS: [u16; 12] = [
+    5001, 5002, 5003, 6401, 6402, 6403, 7070, 8474, 6501, 6502, 6601, 8080,
 ];
 
 pub fn bulwark() -> Command {
