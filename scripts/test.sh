@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite in one command. It first provisions what the tests need when it is
-# missing (redis-server >= 7 from Debian's packages, cargo-nextest from crates.io,
-# toxiproxy-python from PyPI), so it works on a fresh Debian machine as root (or with
+# missing (redis-server >= 7, PostgreSQL, MariaDB and NATS from Debian's packages, started
+# when they do not run; cargo-nextest from crates.io; toxiproxy-python from PyPI), so it works on a fresh Debian machine as root (or with
 # sudo) as well as on a prepared one.
 #
 #   scripts/test.sh            # everything
@@ -37,6 +37,8 @@ if ! python3 -c 'import toxiproxy' >/dev/null 2>&1; then
   # Debian's python refuses user-level pip installs (PEP 668) unless told otherwise.
   python3 -m pip install --quiet toxiproxy-python 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages toxiproxy-python
+fi
+
 # The commerce service's tests (crates/bulwark-shop, the shop crash test) run on
 # PostgreSQL, MariaDB and NATS JetStream servers: each test creates its own uniquely
 # named database or stream and drops it. Install and start them when missing; leave
