@@ -31,9 +31,16 @@ async fn walkthrough(backend: &str) {
     }
     let services = up.services().await;
     assert_eq!(
-        services.iter().filter(|s| s["kind"] != "proxy").count(),
+        services
+            .iter()
+            .filter(|s| s["kind"] == "replica" || s["kind"] == "gateway")
+            .count(),
         4,
         "no quorum gateway with 2 replicas"
+    );
+    assert!(
+        services.iter().any(|s| s["name"] == "app_shop"),
+        "the commerce service runs beside the CAP service"
     );
     assert!(
         services.iter().any(|s| s["name"] == "chaos_proxy"),
