@@ -263,6 +263,41 @@ impl Db {
         .await
     }
 
+    /// Runs `f` in one read-only REPEATABLE READ transaction on the primary's data, so
+    /// all its statements read one snapshot: PostgreSQL's and MariaDB's READ COMMITTED
+    /// would give each statement its own. (PostgreSQL: set as the transaction's first
+    /// statement; MariaDB: set for the next transaction, whose first read fixes the
+    /// snapshot; SQLite: a read transaction in WAL mode is a snapshot, read on a reader
+    /// connection so it never holds the one writer.)
+    pub async fn snapshot<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let pool = if self.has_replica {
+            &self.write
+        } else {
+            &self.read
+        };
+        self.guarded(async || {
+            let mut conn = pool.acquire().await?;
+            if self.dialect == Dialect::MySql {
+                (&mut *conn)
+                    .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    .await?;
+            }
+            let mut tx = conn.begin().await?;
+            if self.dialect == Dialect::Postgres {
+                (&mut *tx)
+                    .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?;
+            }
+            let value = f(&mut tx).await?;
+            tx.rollback().await?;
+            Ok(value)
+        })
+        .await
+    }
+
     /// Runs `f` on a connection of the primary without a transaction (single statements,
     /// the reads that must not be stale).
     pub async fn primary<T>(

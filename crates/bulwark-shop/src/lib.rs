@@ -195,6 +195,7 @@ impl Shop {
                 reservation_ttl: config.reservation_ttl,
                 batch_max: config.batch_max,
                 queue_per_product: config.queue_per_product,
+                lock_wait: config.lock_wait,
             },
             if config.strategy.needs_redis() {
                 redis
@@ -246,10 +247,11 @@ impl Shop {
                 .primary(async |c| store::list_products(c, d, after.as_deref(), 1000).await)
                 .await?;
             let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for p in &page {
+            after = Some(last.product.id.clone());
+            for row in &page {
+                let p = &row.product;
                 self.cache.put_details(p);
-                self.cache.put_stock(&p.id, p.stock);
+                self.cache.put_stock(&p.id, p.stock, row.version);
                 stocks.push((p.id.clone(), p.stock));
             }
         }
@@ -265,8 +267,9 @@ impl Shop {
     pub async fn reconcile(&self) -> Result<Vec<reconcile::Report>, DbError> {
         let reports = reconcile::run(&self.db, &self.cache).await?;
         for r in &reports {
-            if !r.cache_matches_db {
-                self.cache.put_stock(&r.product_id, r.db_stock);
+            if !r.consistent() {
+                self.cache
+                    .replace_stock(&r.product_id, r.db_stock, r.db_version);
                 self.inventory.forget_writer(&r.product_id);
             }
         }

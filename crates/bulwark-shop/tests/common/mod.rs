@@ -175,6 +175,18 @@ impl Server {
         last
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// The audit of `product`.
     pub async fn audit(&self, product: &str) -> Value {
         let (status, body) = self
