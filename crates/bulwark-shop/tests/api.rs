@@ -10,7 +10,11 @@ use serde_json::{Value, json};
 
 /// Same key and body → the original answer and one charge; another body → 422.
 async fn idempotency(backend: SqlBackend) {
-    let s = Server::start(backend, &[]).await;
+    idempotency_with(backend, "batched").await;
+}
+
+async fn idempotency_with(backend: SqlBackend, strategy: &str) {
+    let (s, redis) = Server::start_with_strategy(backend, strategy, &[]).await;
     s.seed("p1", 1).await;
     let first = s.purchase("key-1", "p1", 1).await;
     assert_eq!(first.0, 201, "{}", first.1);
@@ -44,12 +48,20 @@ async fn idempotency(backend: SqlBackend) {
     assert_invariants(&audit);
     assert_eq!(audit["payments"]["captured"], 1, "{audit}");
     assert_eq!(audit["sold"], 1, "{audit}");
+    if redis.is_some() {
+        // The Redis counter took the key's units once, and gave back none it kept.
+        assert_eq!(audit["redis_stock"], 9, "{audit}");
+    }
     s.stop().await;
 }
 
 /// Every malformed purchase gets a structured 4xx and reserves nothing.
 async fn bad_input(backend: SqlBackend) {
-    let s = Server::start(backend, &[]).await;
+    bad_input_with(backend, "batched").await;
+}
+
+async fn bad_input_with(backend: SqlBackend, strategy: &str) {
+    let (s, redis) = Server::start_with_strategy(backend, strategy, &[]).await;
     s.seed("p1", 10).await;
     let long_key = "k".repeat(129);
     let body = |q: &str| format!(r#"{{"product_id":"p1","quantity":{q},"customer_id":"c"}}"#);
@@ -122,10 +134,17 @@ async fn bad_input(backend: SqlBackend) {
         assert!(resp["error"]["request_id"].is_string(), "{resp}");
         assert!(resp["error"]["message"].is_string(), "{resp}");
     }
+    // More than the stock (a valid quantity): 409, nothing reserved either.
+    let (status, body) = s.purchase("too-many", "p1", 11).await;
+    assert_eq!((status, &body["error"]["code"]), (409, &json!("SOLD_OUT")));
     let audit = s.audit("p1").await;
     assert_eq!(audit["db_stock"], 10, "nothing reserved: {audit}");
     assert_eq!(audit["orders"]["PENDING"], 0);
     assert_eq!(audit["orders"]["CONFIRMED"], 0);
+    assert_eq!(audit["orders"]["CANCELLED"], 0);
+    if redis.is_some() {
+        assert_eq!(audit["redis_stock"], 10, "nothing held in Redis: {audit}");
+    }
     let (status, body) = s.get("/v1/products/nope").await;
     assert_eq!(
         (status, &body["error"]["code"]),
@@ -468,6 +487,31 @@ async fn catalog_reads(backend: SqlBackend) {
         "{text}"
     );
     s.stop().await;
+}
+
+/// The strategies other than `batched` reach the database by other paths (per-request
+/// transactions, the Redis counter and its holds): the idempotency and bad-input checks on
+/// each, on PostgreSQL.
+mod strategies {
+    use super::{SqlBackend, bad_input_with, idempotency_with};
+
+    macro_rules! each {
+        ($($name:ident: $f:ident, $strategy:literal;)*) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $f(SqlBackend::Postgres, $strategy).await;
+            }
+        )*};
+    }
+
+    each! {
+        idempotency_row_lock: idempotency_with, "row-lock";
+        idempotency_optimistic: idempotency_with, "optimistic";
+        idempotency_redis_lua: idempotency_with, "redis-lua";
+        idempotency_layered: idempotency_with, "layered";
+        bad_input_redis_lua: bad_input_with, "redis-lua";
+        bad_input_layered: bad_input_with, "layered";
+    }
 }
 
 macro_rules! on_every_backend {
