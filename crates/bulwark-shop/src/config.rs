@@ -247,6 +247,7 @@ impl ShopConfig {
                 url,
                 replica_url,
                 pool_size: s.int_in("SHOP_DB_POOL_SIZE", 16u32, 1..=1000)?,
+                saga_pool_size: s.int_in("SHOP_SAGA_POOL_SIZE", 4u32, 1..=1000)?,
                 timeout: secs("SHOP_DB_TIMEOUT_SEC", 5, 600)?,
                 breaker: BreakerConfig {
                     failure_threshold: s.int_in("SHOP_DB_BREAKER_FAILURES", 3u32, 1..=1000)?,

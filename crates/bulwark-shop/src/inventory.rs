@@ -124,6 +124,8 @@ impl Drop for Waiting<'_> {
 #[derive(Debug)]
 pub struct Inventory {
     db: Arc<Db>,
+    /// The same database through the saga pool (compensations: [`Inventory::release`]).
+    saga_db: Arc<Db>,
     cache: Arc<Cache>,
     config: InventoryConfig,
     /// Redis for `redis-lua` and `layered`.
@@ -196,6 +198,7 @@ impl Inventory {
         tracker: tokio_util::task::TaskTracker,
     ) -> Inventory {
         Inventory {
+            saga_db: Arc::new(db.for_sagas()),
             db,
             cache,
             config,
@@ -293,10 +296,12 @@ impl Inventory {
                 Err(r) => Release::Unavailable(format!("{r:?}")),
             };
         }
-        let d = self.db.dialect;
+        // A compensation is a saga step: it runs on the saga pool, so a storm of
+        // per-request reservations cannot hold it back.
+        let d = self.saga_db.dialect;
         let id = order.id.clone();
         let result = self
-            .db
+            .saga_db
             .tx(async |c| {
                 let Some(current) = store::orders_by_ids(c, d, &[id.as_str()], true)
                     .await?
@@ -330,7 +335,8 @@ impl Inventory {
                     )
                     .await;
                 }
-                self.cache_stock_from_db(&order.product_id).await;
+                self.cache_stock_from_db(&self.saga_db, &order.product_id)
+                    .await;
                 Release::Released
             }
             Ok(other) => other,
@@ -338,10 +344,9 @@ impl Inventory {
         }
     }
 
-    async fn cache_stock_from_db(&self, product: &str) {
-        let d = self.db.dialect;
-        if let Ok(Some((n, version))) = self
-            .db
+    async fn cache_stock_from_db(&self, db: &Db, product: &str) {
+        let d = db.dialect;
+        if let Ok(Some((n, version))) = db
             .primary(async |c| store::stock(c, d, product).await)
             .await
         {
@@ -655,7 +660,7 @@ impl Inventory {
     ) -> Reserve {
         match result {
             Ok(Single::Reserved(o)) => {
-                self.cache_stock_from_db(&o.product_id).await;
+                self.cache_stock_from_db(&self.db, &o.product_id).await;
                 Reserve::Reserved(o)
             }
             Ok(Single::Existing(o)) => replay(o, req),

@@ -204,14 +204,17 @@ impl Shop {
             },
             tracker.clone(),
         ));
+        // Saga steps (ledger, confirm, compensations, recovery) use their own pool of the
+        // primary: a bulkhead against the per-request strategies' transactions.
+        let saga_db = Arc::new(db.for_sagas());
         let payments = Arc::new(PaymentProvider::start(
             config.payment.clone(),
-            db.clone(),
+            saga_db.clone(),
             config.batch_max,
             &tracker,
         ));
         let saga = Saga::start(
-            db.clone(),
+            saga_db,
             inventory.clone(),
             payments,
             SagaConfig {
