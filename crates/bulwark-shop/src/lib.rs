@@ -142,8 +142,9 @@ pub struct Shop {
     pub outbox: Arc<Outbox>,
     /// Purchase admission (`SHOP_MAX_IN_FLIGHT`).
     pub in_flight: tokio::sync::Semaphore,
-    /// Purchases hold it shared; a sale reset holds it exclusively, so no purchase runs
-    /// while the state is wiped.
+    /// Purchases and reconciliation hold it shared; a sale reset (or reseed) holds it
+    /// exclusively, so no purchase runs while the state is wiped, and no reconciliation
+    /// compares a cache entry of the old sale with the new one's row versions.
     pub sale: tokio::sync::RwLock<()>,
     /// The batching tasks (writers, settler, ledger); they stop when their queues close.
     pub tracker: TaskTracker,
@@ -268,6 +269,7 @@ impl Shop {
     /// Runs reconciliation for every product and repairs what it found wrong (the
     /// cache and the writer's counter are reloaded from the database).
     pub async fn reconcile(&self) -> Result<Vec<reconcile::Report>, DbError> {
+        let _sale = self.sale.read().await;
         let reports = reconcile::run(&self.db, &self.cache).await?;
         for r in &reports {
             if !r.consistent() {
