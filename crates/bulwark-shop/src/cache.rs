@@ -5,6 +5,11 @@
 //! The stock entry of a product is also written through by whoever changes the
 //! database stock in this process (the product writer after each commit), so it is
 //! usually exact; the TTL bounds how stale it can be when another process changed it.
+//! Every stock entry carries the product row's `version` it was read at (each stock
+//! change bumps it), and an entry is only replaced by one of the same or a newer
+//! version: so racing writers cannot leave an older count over a newer one, and
+//! reconciliation can tell an entry that lags (older version) from one that is wrong
+//! (same version, other count).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -27,6 +32,15 @@ struct Counters {
     lookups: AtomicU64,
 }
 
+/// A cached stock count and the product row's version it was read at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StockEntry {
+    /// Units available.
+    pub units: i64,
+    /// `shop_products.version` when `units` was read.
+    pub version: i64,
+}
+
 /// The cache.
 #[derive(Debug)]
 pub struct Cache {
@@ -34,8 +48,8 @@ pub struct Cache {
     stock_ttl: Duration,
     /// Product id → (details, stored at).
     details: RwLock<HashMap<String, (Product, Instant)>>,
-    /// Product id → (units available, stored at).
-    stock: RwLock<HashMap<String, (i64, Instant)>>,
+    /// Product id → (units available and the row version they were read at, stored at).
+    stock: RwLock<HashMap<String, (StockEntry, Instant)>>,
     /// The optional shared level behind this process's maps.
     redis: Option<redis::aio::MultiplexedConnection>,
     details_counters: Counters,
@@ -118,25 +132,25 @@ impl Cache {
     pub async fn stock(&self, id: &str) -> Option<i64> {
         let mut found = self.peek_stock(id);
         if found.is_none()
-            && let Some(n) = self
+            && let Some(e) = self
                 .redis_get(&stock_key(id))
                 .await
-                .and_then(|s| s.parse::<i64>().ok())
+                .and_then(|s| parse_stock(&s))
         {
-            self.store_stock(id, n);
-            found = Some(n);
+            self.store_stock(id, e, false);
+            found = Some(e);
         }
         self.record("stock", found.is_some());
-        found
+        found.map(|e| e.units)
     }
 
     /// The stock entry of this process if fresh, without counting a lookup
     /// (reconciliation and audit).
-    pub fn peek_stock(&self, id: &str) -> Option<i64> {
+    pub fn peek_stock(&self, id: &str) -> Option<StockEntry> {
         let g = self.stock.read().unwrap_or_else(|e| e.into_inner());
         g.get(id)
             .filter(|(_, at)| at.elapsed() < self.stock_ttl)
-            .map(|(n, _)| *n)
+            .map(|(e, _)| *e)
     }
 
     fn store_details(&self, p: &Product) {
@@ -144,12 +158,23 @@ impl Cache {
         g.insert(p.id.clone(), (p.clone(), Instant::now()));
     }
 
-    fn store_stock(&self, id: &str, n: i64) {
+    /// Stores `e` unless a fresh entry of a newer version is there (`force`: always).
+    /// Returns whether it was stored.
+    fn store_stock(&self, id: &str, e: StockEntry, force: bool) -> bool {
         let mut g = self.stock.write().unwrap_or_else(|e| e.into_inner());
         match g.get_mut(id) {
-            Some(e) => *e = (n, Instant::now()),
+            Some((old, at))
+                if !force && at.elapsed() < self.stock_ttl && old.version > e.version =>
+            {
+                false
+            }
+            Some(slot) => {
+                *slot = (e, Instant::now());
+                true
+            }
             None => {
-                g.insert(id.to_string(), (n, Instant::now()));
+                g.insert(id.to_string(), (e, Instant::now()));
+                true
             }
         }
     }
@@ -162,10 +187,20 @@ impl Cache {
         }
     }
 
-    /// Stores a stock count (after a database read, or written through after a commit).
-    pub fn put_stock(&self, id: &str, n: i64) {
-        self.store_stock(id, n);
-        self.redis_set(stock_key(id), n.to_string(), self.stock_ttl);
+    /// Stores a stock count read at row version `version` (after a database read, or
+    /// written through after a commit), unless the cache holds a newer one.
+    pub fn put_stock(&self, id: &str, units: i64, version: i64) {
+        let e = StockEntry { units, version };
+        if self.store_stock(id, e, false) {
+            self.redis_set(stock_key(id), format!("{units}:{version}"), self.stock_ttl);
+        }
+    }
+
+    /// Stores a stock count whatever the cache holds (seeding restarts versions;
+    /// reconciliation repairs a wrong entry from the database).
+    pub fn replace_stock(&self, id: &str, units: i64, version: i64) {
+        self.store_stock(id, StockEntry { units, version }, true);
+        self.redis_set(stock_key(id), format!("{units}:{version}"), self.stock_ttl);
     }
 
     /// Forgets everything (the sale was reset).
@@ -211,6 +246,15 @@ fn stock_key(id: &str) -> String {
     format!("shop:stock:{id}")
 }
 
+/// A Redis stock value, `units:version`.
+fn parse_stock(s: &str) -> Option<StockEntry> {
+    let (units, version) = s.split_once(':')?;
+    Some(StockEntry {
+        units: units.parse().ok()?,
+        version: version.parse().ok()?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,8 +274,30 @@ mod tests {
         let c = Cache::new(Duration::from_secs(300), Duration::from_secs(5), None);
         assert_eq!(c.details("p1").await, None);
         c.put_details(&product(3));
-        c.put_stock("p1", 3);
+        c.put_stock("p1", 3, 7);
         assert_eq!(c.stock("p1").await, Some(3));
+        c.put_stock("p1", 4, 6);
+        assert_eq!(
+            c.stock("p1").await,
+            Some(3),
+            "an older version never replaces"
+        );
+        c.put_stock("p1", 2, 8);
+        assert_eq!(
+            c.peek_stock("p1"),
+            Some(StockEntry {
+                units: 2,
+                version: 8
+            })
+        );
+        c.replace_stock("p1", 3, 0);
+        assert_eq!(
+            c.peek_stock("p1"),
+            Some(StockEntry {
+                units: 3,
+                version: 0
+            })
+        );
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(c.stock("p1").await, None, "stock TTL is 5 s");
         assert!(c.details("p1").await.is_some(), "details TTL is 300 s");
@@ -239,6 +305,6 @@ mod tests {
         assert!(c.details("p1").await.is_none());
         let (details, stock) = c.hit_ratio();
         assert!((details - 1.0 / 3.0).abs() < 1e-9, "{details}");
-        assert!((stock - 0.5).abs() < 1e-9, "{stock}");
+        assert!((stock - 2.0 / 3.0).abs() < 1e-9, "{stock}");
     }
 }

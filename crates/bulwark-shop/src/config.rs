@@ -131,6 +131,9 @@ pub struct ShopConfig {
     /// Reservations queued per product writer; beyond it 429. `SHOP_QUEUE_PER_PRODUCT`
     /// (default 8192).
     pub queue_per_product: usize,
+    /// Longest a `layered` purchase waits for its product's lock (this process's FIFO
+    /// lane, then the Redis lock) before 429. `SHOP_LOCK_WAIT_MS` (default 2000).
+    pub lock_wait: Duration,
     /// Most operations merged into one transaction. `SHOP_BATCH_MAX` (default 512).
     pub batch_max: usize,
     /// How long a purchase request waits for its saga before answering 202 PENDING.
@@ -244,6 +247,7 @@ impl ShopConfig {
                 url,
                 replica_url,
                 pool_size: s.int_in("SHOP_DB_POOL_SIZE", 16u32, 1..=1000)?,
+                saga_pool_size: s.int_in("SHOP_SAGA_POOL_SIZE", 4u32, 1..=1000)?,
                 timeout: secs("SHOP_DB_TIMEOUT_SEC", 5, 600)?,
                 breaker: BreakerConfig {
                     failure_threshold: s.int_in("SHOP_DB_BREAKER_FAILURES", 3u32, 1..=1000)?,
@@ -264,6 +268,7 @@ impl ShopConfig {
             },
             max_in_flight: s.int_in("SHOP_MAX_IN_FLIGHT", 8192usize, 1..=1_000_000)?,
             queue_per_product: s.int_in("SHOP_QUEUE_PER_PRODUCT", 8192usize, 1..=1_000_000)?,
+            lock_wait: positive_ms("SHOP_LOCK_WAIT_MS", 2000, 600_000)?,
             batch_max: s.int_in("SHOP_BATCH_MAX", 512usize, 1..=4096)?,
             sync_wait: ms("SHOP_SYNC_WAIT_MS", 2000, 600_000)?,
             reservation_ttl: secs("SHOP_RESERVATION_TTL_SEC", 60, 86_400)?,

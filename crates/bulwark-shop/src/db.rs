@@ -4,6 +4,7 @@
 //! the `shop_db` circuit breaker).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_resilience::breaker::{BreakerConfig, CircuitBreaker};
@@ -147,6 +148,10 @@ pub struct DbConfig {
     pub replica_url: Option<String>,
     /// Connections to the primary (a bulkhead: purchases cannot take more).
     pub pool_size: u32,
+    /// Further connections to the primary reserved for saga steps (charge ledger,
+    /// confirm, compensations, recovery), so per-request purchase transactions cannot
+    /// starve them (SQLite: none, its one writer connection is shared).
+    pub saga_pool_size: u32,
     /// Bound on one statement or transaction, connection wait included.
     pub timeout: Duration,
     /// The `shop_db` breaker.
@@ -161,6 +166,8 @@ pub struct Db {
     /// Pool for writes (SQLite: one connection, as SQLite has one writer anyway and a
     /// second would only fail with `SQLITE_BUSY` on lock upgrades).
     write: AnyPool,
+    /// The saga steps' pool of the primary ([`Db::for_sagas`]; SQLite: `write`).
+    saga_write: AnyPool,
     /// Pool for reads: the replica's when configured, else the primary's read pool.
     read: AnyPool,
     /// Whether `read` is a replica (reads may be stale).
@@ -168,7 +175,8 @@ pub struct Db {
     /// Bound on every call.
     pub timeout: Duration,
     /// Opens after consecutive outages; an OPEN breaker answers 503 without waiting.
-    pub breaker: CircuitBreaker,
+    /// Shared with the saga steps' view: one database, one verdict.
+    pub breaker: Arc<CircuitBreaker>,
 }
 
 /// SQLite settings applied to every connection: WAL so readers never block the writer,
@@ -212,6 +220,11 @@ impl Db {
             config.pool_size
         };
         let write = pool(&url, dialect, write_max, config.timeout).await?;
+        let saga_write = if dialect == Dialect::Sqlite {
+            write.clone()
+        } else {
+            pool(&url, dialect, config.saga_pool_size, config.timeout).await?
+        };
         let (read, has_replica) = match &config.replica_url {
             Some(r) => (
                 pool(r, dialect, config.pool_size, config.timeout).await?,
@@ -225,11 +238,26 @@ impl Db {
         Ok(Db {
             dialect,
             write,
+            saga_write,
             read,
             has_replica,
             timeout: config.timeout,
-            breaker: CircuitBreaker::new("shop_db", config.breaker),
+            breaker: Arc::new(CircuitBreaker::new("shop_db", config.breaker)),
         })
+    }
+
+    /// The same database for saga steps: writes and primary reads go through the saga
+    /// pool (a bulkhead), reads and the breaker are shared.
+    pub fn for_sagas(&self) -> Db {
+        Db {
+            dialect: self.dialect,
+            write: self.saga_write.clone(),
+            saga_write: self.saga_write.clone(),
+            read: self.read.clone(),
+            has_replica: self.has_replica,
+            timeout: self.timeout,
+            breaker: self.breaker.clone(),
+        }
     }
 
     /// Applies the versioned migrations of this dialect (`migrations/<dialect>`).
@@ -258,6 +286,41 @@ impl Db {
                 DbError::Unavailable(m) | DbError::Other(m) => DbError::Unknown(m),
                 other => other,
             })?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// Runs `f` in one read-only REPEATABLE READ transaction on the primary's data, so
+    /// all its statements read one snapshot: PostgreSQL's and MariaDB's READ COMMITTED
+    /// would give each statement its own. (PostgreSQL: set as the transaction's first
+    /// statement; MariaDB: set for the next transaction, whose first read fixes the
+    /// snapshot; SQLite: a read transaction in WAL mode is a snapshot, read on a reader
+    /// connection so it never holds the one writer.)
+    pub async fn snapshot<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let pool = if self.has_replica {
+            &self.write
+        } else {
+            &self.read
+        };
+        self.guarded(async || {
+            let mut conn = pool.acquire().await?;
+            if self.dialect == Dialect::MySql {
+                (&mut *conn)
+                    .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    .await?;
+            }
+            let mut tx = conn.begin().await?;
+            if self.dialect == Dialect::Postgres {
+                (&mut *tx)
+                    .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?;
+            }
+            let value = f(&mut tx).await?;
+            tx.rollback().await?;
             Ok(value)
         })
         .await
@@ -317,6 +380,7 @@ impl Db {
     /// Closes the pools (graceful shutdown).
     pub async fn close(&self) {
         self.write.close().await;
+        self.saga_write.close().await;
         self.read.close().await;
     }
 }

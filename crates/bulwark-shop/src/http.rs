@@ -299,13 +299,13 @@ async fn get_product(
     let (stock, stock_hit) = match shop.cache.stock(&id).await {
         Some(n) => (n, true),
         None => {
-            let n = shop
+            let (n, version) = shop
                 .db
                 .replica(async |c| store::stock(c, d, &id).await)
                 .await
                 .map_err(|e| ApiError::db(&e, rid(&r)))?
                 .ok_or_else(|| ApiError::not_found(&id, rid(&r)))?;
-            shop.cache.put_stock(&id, n);
+            shop.cache.put_stock(&id, n, version);
             (n, false)
         }
     };
@@ -331,13 +331,13 @@ async fn get_stock(
         Some(n) => (n, true),
         None => {
             let d = shop.db.dialect;
-            let n = shop
+            let (n, version) = shop
                 .db
                 .replica(async |c| store::stock(c, d, &id).await)
                 .await
                 .map_err(|e| ApiError::db(&e, rid(&r)))?
                 .ok_or_else(|| ApiError::not_found(&id, rid(&r)))?;
-            shop.cache.put_stock(&id, n);
+            shop.cache.put_stock(&id, n, version);
             (n, false)
         }
     };
@@ -384,7 +384,10 @@ async fn list_products(
         .db
         .replica(async |c| store::list_products(c, d, page.cursor.as_deref(), limit).await)
         .await
-        .map_err(|e| ApiError::db(&e, rid(&r)))?;
+        .map_err(|e| ApiError::db(&e, rid(&r)))?
+        .into_iter()
+        .map(|row| row.product)
+        .collect::<Vec<_>>();
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|p| p.id.clone()))
         .flatten();
@@ -768,7 +771,8 @@ async fn seed(
     let stocks: Vec<(String, i64)> = products.iter().map(|(p, s)| (p.id.clone(), *s)).collect();
     for (p, _) in &products {
         shop.cache.put_details(p);
-        shop.cache.put_stock(&p.id, p.stock);
+        // A seeded row starts again at version 0.
+        shop.cache.replace_stock(&p.id, p.stock, 0);
     }
     shop.inventory
         .load_redis(&stocks)
@@ -789,15 +793,14 @@ async fn audit(
     if !valid_id(&id) {
         return Err(ApiError::not_found(&id, rid));
     }
+    let cached = shop.cache.peek_stock(&id);
     let a = crate::reconcile::audit(&shop.db, &id)
         .await
         .map_err(|e| ApiError::db(&e, rid))?
         .ok_or_else(|| ApiError::not_found(&id, rid))?;
-    let cache_stock = shop.cache.peek_stock(&id);
+    let report = crate::reconcile::Report::of(&id, &a, cached);
     let redis_stock = shop.inventory.redis_stock(&id).await;
     let count = |s: &str| a.orders.get(s).copied().unwrap_or(0);
-    let cache_matches_db = cache_stock.is_none_or(|c| c == a.db_stock);
-    let stock_conserved = a.db_stock + a.reserved + a.sold == a.initial_stock;
     let inconsistent = bulwark_obs::metrics::metrics()
         .shop_inventory_inconsistency
         .with_label_values(&[&id])
@@ -809,7 +812,9 @@ async fn audit(
         "db_stock": a.db_stock,
         "reserved": a.reserved,
         "sold": a.sold,
-        "cache_stock": cache_stock,
+        "db_version": a.version,
+        "cache_stock": report.cache_stock,
+        "cache_version": report.cache_version,
         "redis_stock": redis_stock,
         "orders": {
             "CONFIRMED": count("CONFIRMED"),
@@ -820,10 +825,10 @@ async fn audit(
         "payments": {"captured": a.captured, "refunded": a.refunded},
         "invariants": {
             "no_oversell": a.sold <= a.initial_stock,
-            "stock_conserved": stock_conserved,
+            "stock_conserved": report.stock_conserved,
             "all_terminal": count("PENDING") == 0,
             "paid_orders_settled": a.unsettled_captures == 0,
-            "cache_matches_db": cache_matches_db,
+            "cache_matches_db": report.cache_matches_db,
         },
         "conditions": if inconsistent { vec!["InventoryInconsistency"] } else { Vec::new() },
     }))

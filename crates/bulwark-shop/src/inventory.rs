@@ -7,6 +7,7 @@
 //! request, with the seed's protection layers in front.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,20 +75,65 @@ pub struct InventoryConfig {
     pub reservation_ttl: Duration,
     /// Most operations per writer transaction.
     pub batch_max: usize,
-    /// Queue bound per product writer.
+    /// Queue bound per product writer (and per `layered` lane).
     pub queue_per_product: usize,
+    /// Longest a `layered` buyer waits for the product's lock before 429.
+    pub lock_wait: Duration,
+}
+
+/// One product's turn-taking in this process (`layered`): a FIFO semaphore of one permit
+/// (tokio's semaphore is fair, so waiters are served in arrival order and nobody spins)
+/// and the number of buyers waiting for it (the queue bound).
+#[derive(Debug)]
+struct Lane {
+    turn: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+}
+
+impl Default for Lane {
+    fn default() -> Lane {
+        Lane {
+            turn: tokio::sync::Semaphore::new(1),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Lane {
+    /// Counts a waiter until the guard drops; `None` when `bound` are already waiting.
+    fn enqueue(&self, bound: usize) -> Option<Waiting<'_>> {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < bound).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Waiting(&self.waiting))
+    }
+}
+
+/// A buyer counted in [`Lane::waiting`].
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Stock reservations for every product.
 #[derive(Debug)]
 pub struct Inventory {
     db: Arc<Db>,
+    /// The same database through the saga pool (compensations: [`Inventory::release`]).
+    saga_db: Arc<Db>,
     cache: Arc<Cache>,
     config: InventoryConfig,
     /// Redis for `redis-lua` and `layered`.
     redis: Option<redis::aio::MultiplexedConnection>,
     /// Product id → its writer's queue (`batched` only; started on first use).
     writers: Mutex<HashMap<String, mpsc::Sender<WriterJob>>>,
+    /// Product id → its `layered` lane (started on first use).
+    lanes: Mutex<HashMap<String, Arc<Lane>>>,
     /// Where writer tasks are tracked (drained on shutdown and reset).
     tracker: tokio_util::task::TaskTracker,
 }
@@ -95,23 +141,51 @@ pub struct Inventory {
 /// Bound on one Redis call of the Redis strategies.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Atomic check-and-decrement (the seed's layer 4): `-1` when fewer than `ARGV[1]` units
-/// are left, `-2` when the key is missing (not loaded), else the new count.
+/// Lease of the `layered` Redis lock: a holder that dies frees it after this long (the
+/// database guard keeps a lease that outlives its holder from overselling).
+const LOCK_LEASE_MS: u64 = 5000;
+
+/// Atomic check-and-decrement (the seed's layer 4), at most once per idempotency key: the
+/// units taken are recorded as the key's *hold* (`KEYS[2]`, a hash key → units), so an
+/// attempt whose answer was lost (a timeout) is not charged twice by its retry. `1`:
+/// taken now (this attempt owns the hold); `0`: the key already holds units (an earlier
+/// or concurrent attempt of the same key); `-1`: fewer than `ARGV[1]` left; `-2`: the
+/// counter is missing (not loaded).
 const LUA_TAKE: &str = r"
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
 local current = redis.call('GET', KEYS[1])
 if not current then return -2 end
 if tonumber(current) >= tonumber(ARGV[1]) then
-    return redis.call('DECRBY', KEYS[1], ARGV[1])
+    redis.call('DECRBY', KEYS[1], ARGV[1])
+    redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+    return 1
 end
 return -1";
+
+/// Ends the hold of key `ARGV[1]`, giving its units back when `ARGV[2]` is `1` (the
+/// database did not take them) or keeping them sold when `0`. Idempotent: `0` when no
+/// hold was there.
+const LUA_SETTLE: &str = r"
+local units = redis.call('HGET', KEYS[2], ARGV[1])
+if not units then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then redis.call('INCRBY', KEYS[1], units) end
+return 1";
 
 /// Deletes a lock only if we still own it.
 const LUA_UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
+/// The product's Redis counter. (Counter and holds share a hash tag, so a cluster keeps
+/// them on one node, as the scripts touching both need.)
 fn redis_stock_key(product: &str) -> String {
-    format!("shop:inventory:{product}")
+    format!("shop:inventory:{{{product}}}")
+}
+
+/// The product's holds: idempotency key → units taken from the counter, not yet settled.
+fn redis_holds_key(product: &str) -> String {
+    format!("shop:holds:{{{product}}}")
 }
 
 impl Inventory {
@@ -124,11 +198,13 @@ impl Inventory {
         tracker: tokio_util::task::TaskTracker,
     ) -> Inventory {
         Inventory {
+            saga_db: Arc::new(db.for_sagas()),
             db,
             cache,
             config,
             redis,
             writers: Mutex::default(),
+            lanes: Mutex::default(),
             tracker,
         }
     }
@@ -163,11 +239,15 @@ impl Inventory {
         };
         let mut conn = conn.clone();
         for (id, n) in stocks {
+            // The counter and no holds (the sale starts again), in one MULTI.
             let r: Result<(), _> = tokio::time::timeout(
                 REDIS_TIMEOUT,
-                redis::cmd("SET")
-                    .arg(redis_stock_key(id))
-                    .arg(*n)
+                redis::pipe()
+                    .atomic()
+                    .set(redis_stock_key(id), *n)
+                    .ignore()
+                    .del(redis_holds_key(id))
+                    .ignore()
                     .query_async(&mut conn),
             )
             .await
@@ -216,10 +296,12 @@ impl Inventory {
                 Err(r) => Release::Unavailable(format!("{r:?}")),
             };
         }
-        let d = self.db.dialect;
+        // A compensation is a saga step: it runs on the saga pool, so a storm of
+        // per-request reservations cannot hold it back.
+        let d = self.saga_db.dialect;
         let id = order.id.clone();
         let result = self
-            .db
+            .saga_db
             .tx(async |c| {
                 let Some(current) = store::orders_by_ids(c, d, &[id.as_str()], true)
                     .await?
@@ -253,7 +335,8 @@ impl Inventory {
                     )
                     .await;
                 }
-                self.cache_stock_from_db(&order.product_id).await;
+                self.cache_stock_from_db(&self.saga_db, &order.product_id)
+                    .await;
                 Release::Released
             }
             Ok(other) => other,
@@ -261,14 +344,13 @@ impl Inventory {
         }
     }
 
-    async fn cache_stock_from_db(&self, product: &str) {
-        let d = self.db.dialect;
-        if let Ok(Some(n)) = self
-            .db
+    async fn cache_stock_from_db(&self, db: &Db, product: &str) {
+        let d = db.dialect;
+        if let Ok(Some((n, version))) = db
             .primary(async |c| store::stock(c, d, product).await)
             .await
         {
-            self.cache.put_stock(product, n);
+            self.cache.put_stock(product, n, version);
         }
     }
 
@@ -346,12 +428,7 @@ impl Inventory {
     // ---- one transaction per request ------------------------------------------------
 
     async fn reserve_single(&self, req: PurchaseRequest, guard: Guard) -> Reserve {
-        let d = self.db.dialect;
-        let ttl = self.config.reservation_ttl;
-        let result = self
-            .db
-            .tx(async |c| reserve_in_tx(c, d, &req, guard, ttl).await)
-            .await;
+        let result = self.reserve_tx(&req, guard).await;
         self.finish_single(&req, result).await
     }
 
@@ -363,12 +440,7 @@ impl Inventory {
         );
         let mut delays = policy.delays();
         loop {
-            let d = self.db.dialect;
-            let ttl = self.config.reservation_ttl;
-            let result = self
-                .db
-                .tx(async |c| reserve_in_tx(c, d, &req, Guard::Version, ttl).await)
-                .await;
+            let result = self.reserve_tx(&req, Guard::Version).await;
             if let Ok(Single::VersionConflict) = result {
                 match delays.next() {
                     Some(delay) => {
@@ -382,150 +454,203 @@ impl Inventory {
         }
     }
 
+    /// `redis-lua` and `layered`: the atomic Redis pre-deduct (the seed's layer 4) first,
+    /// so a buyer who finds the counter empty is answered at once and never queues; then
+    /// (`layered` only) the per-product lock; then the database transaction, which
+    /// decides. Units the database did not take are given back to the counter.
     async fn reserve_redis(&self, req: PurchaseRequest, layered: bool) -> Reserve {
         let Some(conn) = &self.redis else {
             return Reserve::Unavailable("redis not configured".into());
         };
         let mut conn = conn.clone();
-        // Layer 1 (layered only): the per-product Redis lock.
-        let lock_key = format!("shop:lock:{}", req.product_id);
-        let token = format!("{:x}", rand::random::<u64>());
-        if layered {
-            // Waiters back off (5 ms doubling to 100 ms, full jitter, about 1 s in all)
-            // rather than spin: a thousand spinning waiters saturate Redis and starve the
-            // lock holder's own commands.
-            let mut delays = bulwark_resilience::retry::RetryPolicy::new(
-                20,
-                Duration::from_millis(5),
-                Duration::from_millis(100),
-            )
-            .delays()
-            .collect::<Vec<_>>()
-            .into_iter();
-            loop {
-                let got: Result<Option<String>, _> = tokio::time::timeout(
-                    REDIS_TIMEOUT,
-                    redis::cmd("SET")
-                        .arg(&lock_key)
-                        .arg(&token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(5000)
-                        .query_async(&mut conn),
-                )
-                .await
-                .unwrap_or(Ok(None));
-                match got {
-                    Ok(Some(_)) => break,
-                    Ok(None) => match delays.next() {
-                        Some(delay) => tokio::time::sleep(delay).await,
-                        None => return Reserve::Overloaded,
-                    },
-                    Err(e) => return Reserve::Unavailable(format!("redis: {e}")),
+        let outcome = match self.redis_take(&mut conn, &req).await {
+            Err(refused) => refused,
+            Ok(owner) => {
+                let result = if layered {
+                    self.reserve_locked(&mut conn, &req).await
+                } else {
+                    Ok(self.reserve_tx(&req, Guard::Plain).await)
+                };
+                let reserved = matches!(result, Ok(Ok(Single::Reserved(_))));
+                // Sold: the hold is spent. Not sold: its owner gives the units back (a
+                // concurrent attempt of the same key leaves the hold to its owner).
+                if reserved || owner {
+                    redis_settle(&mut conn, &req, !reserved).await;
+                }
+                match result {
+                    Ok(r) => self.finish_single(&req, r).await,
+                    Err(shed) => shed,
                 }
             }
-        }
-        let (req_key, fingerprint) = (req.key.clone(), req.fingerprint.clone());
-        let outcome = self.redis_take_then_db(&mut conn, req, layered).await;
-        if layered {
-            let _ = tokio::time::timeout(
-                REDIS_TIMEOUT,
-                redis::Script::new(LUA_UNLOCK)
-                    .key(&lock_key)
-                    .arg(&token)
-                    .invoke_async::<i64>(&mut conn),
-            )
-            .await;
-        }
+        };
         // Redis said sold out: a replayed key must still get its original answer. (Looked
-        // up here, outside the lock and only on this path, so the lock holder never waits
-        // behind the lookups of a thousand buyers.)
+        // up only on this path, so buyers of an available product pay nothing for it.)
         let Reserve::SoldOut = outcome else {
             return outcome;
         };
         let d = self.db.dialect;
-        let key = req_key;
+        let key = req.key.clone();
         match self
             .db
             .primary(async |c| store::orders_by_keys(c, d, &[key.as_str()]).await)
             .await
         {
             Ok(mut found) => match found.pop() {
-                Some(o) if o.fingerprint == fingerprint => Reserve::Existing(o),
-                Some(_) => Reserve::KeyReused,
+                Some(o) => replay(o, &req),
                 None => Reserve::SoldOut,
             },
             Err(e) => Reserve::Unavailable(e.to_string()),
         }
     }
 
-    async fn redis_take_then_db(
+    /// The atomic check-and-decrement of the product's Redis counter (loaded from the
+    /// database first if missing), held under the request's key. `Ok(true)`: this
+    /// attempt took the units; `Ok(false)`: the key already held them. `Err` is the
+    /// answer when nothing is held.
+    async fn redis_take(
         &self,
         conn: &mut redis::aio::MultiplexedConnection,
-        req: PurchaseRequest,
-        layered: bool,
-    ) -> Reserve {
+        req: &PurchaseRequest,
+    ) -> Result<bool, Reserve> {
         let skey = redis_stock_key(&req.product_id);
-        let took: Result<Result<i64, _>, _> = tokio::time::timeout(
-            REDIS_TIMEOUT,
-            redis::Script::new(LUA_TAKE)
-                .key(&skey)
-                .arg(req.quantity)
-                .invoke_async(conn),
-        )
-        .await;
-        match took {
-            Ok(Ok(-1)) => return Reserve::SoldOut,
-            Ok(Ok(-2)) => {
-                // Not loaded (new product): load it from the database, then retry once.
-                let d = self.db.dialect;
-                let id = req.product_id.clone();
-                match self
-                    .db
-                    .primary(async |c| store::stock(c, d, &id).await)
-                    .await
-                {
-                    Ok(Some(n)) => {
-                        let _: Result<bool, _> = redis::cmd("SET")
-                            .arg(&skey)
-                            .arg(n)
-                            .arg("NX")
-                            .query_async(conn)
-                            .await;
-                        return Box::pin(self.redis_take_then_db(conn, req, layered)).await;
-                    }
-                    Ok(None) => return Reserve::NotFound,
-                    Err(e) => return Reserve::Unavailable(e.to_string()),
-                }
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Reserve::Unavailable(format!("redis: {e}")),
-            Err(_) => return Reserve::Unavailable("redis: timeout".into()),
-        }
-        let guard = if layered {
-            Guard::RowLockVersion
-        } else {
-            Guard::Plain
-        };
-        let d = self.db.dialect;
-        let ttl = self.config.reservation_ttl;
-        let result = self
-            .db
-            .tx(async |c| reserve_in_tx(c, d, &req, guard, ttl).await)
-            .await;
-        let reserved = matches!(result, Ok(Single::Reserved(_)));
-        if !reserved {
-            // Give the units back to Redis: the database did not take them.
-            let _ = tokio::time::timeout(
+        let mut loaded = false;
+        loop {
+            let took: Result<Result<i64, _>, _> = tokio::time::timeout(
                 REDIS_TIMEOUT,
-                redis::cmd("INCRBY")
-                    .arg(&skey)
+                redis::Script::new(LUA_TAKE)
+                    .key(&skey)
+                    .key(redis_holds_key(&req.product_id))
                     .arg(req.quantity)
-                    .query_async::<i64>(conn),
+                    .arg(&req.key)
+                    .invoke_async(conn),
             )
             .await;
+            match took {
+                Ok(Ok(-1)) => return Err(Reserve::SoldOut),
+                Ok(Ok(-2)) if !loaded => {
+                    // Not loaded (new product): load it from the database, then retry once.
+                    let d = self.db.dialect;
+                    let id = req.product_id.clone();
+                    match self
+                        .db
+                        .primary(async |c| store::stock(c, d, &id).await)
+                        .await
+                    {
+                        Ok(Some((n, _))) => {
+                            let _: Result<Result<bool, _>, _> = tokio::time::timeout(
+                                REDIS_TIMEOUT,
+                                redis::cmd("SET")
+                                    .arg(&skey)
+                                    .arg(n)
+                                    .arg("NX")
+                                    .query_async(conn),
+                            )
+                            .await;
+                            loaded = true;
+                        }
+                        Ok(None) => return Err(Reserve::NotFound),
+                        Err(e) => return Err(Reserve::Unavailable(e.to_string())),
+                    }
+                }
+                Ok(Ok(-2)) => return Err(Reserve::Unavailable("redis: counter missing".into())),
+                Ok(Ok(taken)) => return Ok(taken == 1),
+                Ok(Err(e)) => return Err(Reserve::Unavailable(format!("redis: {e}"))),
+                Err(_) => {
+                    // The script may still run: undo it if it did. (Same connection, so
+                    // Redis runs this after it.)
+                    redis_settle(conn, req, true).await;
+                    return Err(Reserve::Unavailable("redis: timeout".into()));
+                }
+            }
         }
-        self.finish_single(&req, result).await
+    }
+
+    /// `layered`'s layers 1–3 after the pre-deduct: this process's fair per-product lane
+    /// (FIFO, bounded queue), the Redis lock (mutual exclusion across instances), then the
+    /// transaction with `SELECT … FOR UPDATE` and the version check. Waiting for the lane
+    /// and the lock together is bounded by `lock_wait`; `Err(Overloaded)` (429) sheds a
+    /// buyer who would wait longer, or who finds `queue_per_product` already waiting.
+    async fn reserve_locked(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        req: &PurchaseRequest,
+    ) -> Result<Result<Single, DbError>, Reserve> {
+        let deadline = tokio::time::Instant::now() + self.config.lock_wait;
+        let lane = self.lane(&req.product_id);
+        let _turn = {
+            let Some(_waiting) = lane.enqueue(self.config.queue_per_product) else {
+                return Err(Reserve::Overloaded);
+            };
+            match tokio::time::timeout_at(deadline, lane.turn.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(Reserve::Unavailable("lane closed".into())),
+                Err(_) => return Err(Reserve::Overloaded),
+            }
+        };
+        // Layer 1: the seed's Redis lock. Within this process the lane already serializes
+        // buyers, so only another instance's holder can make us wait here.
+        let lock_key = format!("shop:lock:{}", req.product_id);
+        let token = format!("{:x}", rand::random::<u64>());
+        let policy = bulwark_resilience::retry::RetryPolicy::new(
+            u32::MAX,
+            Duration::from_millis(2),
+            Duration::from_millis(50),
+        );
+        let mut delays = policy.delays();
+        loop {
+            let got: Result<Result<Option<String>, _>, _> = tokio::time::timeout(
+                REDIS_TIMEOUT,
+                redis::cmd("SET")
+                    .arg(&lock_key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(LOCK_LEASE_MS)
+                    .query_async(conn),
+            )
+            .await;
+            match got {
+                Ok(Ok(Some(_))) => break,
+                Ok(Ok(None)) => {
+                    let delay = delays.next().unwrap_or(policy.max);
+                    if tokio::time::Instant::now() + delay >= deadline {
+                        return Err(Reserve::Overloaded);
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(Err(e)) => return Err(Reserve::Unavailable(format!("redis: {e}"))),
+                Err(_) => return Err(Reserve::Unavailable("redis: timeout".into())),
+            }
+        }
+        let result = self.reserve_tx(req, Guard::RowLockVersion).await;
+        let _ = tokio::time::timeout(
+            REDIS_TIMEOUT,
+            redis::Script::new(LUA_UNLOCK)
+                .key(&lock_key)
+                .arg(&token)
+                .invoke_async::<i64>(conn),
+        )
+        .await;
+        Ok(result)
+    }
+
+    /// The lane of `product` (created on first use; products are few and known).
+    fn lane(&self, product: &str) -> Arc<Lane> {
+        self.lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(product.to_string())
+            .or_insert_with(|| Arc::new(Lane::default()))
+            .clone()
+    }
+
+    /// One request's reservation transaction.
+    async fn reserve_tx(&self, req: &PurchaseRequest, guard: Guard) -> Result<Single, DbError> {
+        let d = self.db.dialect;
+        let ttl = self.config.reservation_ttl;
+        self.db
+            .tx(async |c| reserve_in_tx(c, d, req, guard, ttl).await)
+            .await
     }
 
     async fn finish_single(
@@ -535,7 +660,7 @@ impl Inventory {
     ) -> Reserve {
         match result {
             Ok(Single::Reserved(o)) => {
-                self.cache_stock_from_db(&o.product_id).await;
+                self.cache_stock_from_db(&self.db, &o.product_id).await;
                 Reserve::Reserved(o)
             }
             Ok(Single::Existing(o)) => replay(o, req),
@@ -561,6 +686,26 @@ impl Inventory {
             Err(e) => Reserve::Unavailable(e.to_string()),
         }
     }
+}
+
+/// Ends `req`'s Redis hold ([`LUA_SETTLE`]), giving its units back if `give_back`. Best
+/// effort: a hold left behind (Redis unreachable) is settled by the key's retry, and a
+/// wrong counter can only cost a false sold-out, never an oversell.
+async fn redis_settle(
+    conn: &mut redis::aio::MultiplexedConnection,
+    req: &PurchaseRequest,
+    give_back: bool,
+) {
+    let _ = tokio::time::timeout(
+        REDIS_TIMEOUT,
+        redis::Script::new(LUA_SETTLE)
+            .key(redis_stock_key(&req.product_id))
+            .key(redis_holds_key(&req.product_id))
+            .arg(&req.key)
+            .arg(if give_back { "1" } else { "0" })
+            .invoke_async::<i64>(conn),
+    )
+    .await;
 }
 
 /// How a per-request transaction protects its decrement (all end in the guarded
@@ -669,10 +814,13 @@ struct ProductWriter {
     ttl_ms: i64,
 }
 
-/// What one batch did, for the replies and the in-memory counter.
+/// What one batch did, for the replies, the in-memory counter and the cache.
 struct BatchPlan {
     answers: Vec<WriterAnswer>,
+    /// The stock the batch's transaction left, read inside it.
     available: i64,
+    /// The row version of `available`.
+    version: i64,
 }
 
 impl ProductWriter {
@@ -704,7 +852,7 @@ impl ProductWriter {
                         .primary(async |c| store::stock(c, d, &id).await)
                         .await
                     {
-                        Ok(Some(n)) => n,
+                        Ok(Some((n, _))) => n,
                         Ok(None) => return ops.iter().map(not_found).collect(),
                         Err(e) => return ops.iter().map(|op| unavailable(op, &e)).collect(),
                     }
@@ -719,7 +867,8 @@ impl ProductWriter {
             match result {
                 Ok(Some(plan)) => {
                     self.available = Some(plan.available);
-                    self.cache.put_stock(&self.product, plan.available);
+                    self.cache
+                        .put_stock(&self.product, plan.available, plan.version);
                     return plan.answers;
                 }
                 // The database had fewer units than the counter: reload and redo.
@@ -868,8 +1017,14 @@ async fn plan_batch(
         store::set_step(c, d, &ids, Step::Cancelled, Some(reason)).await?;
     }
     store::append_outbox(c, d, &events).await?;
+    // The stock and version this transaction leaves (exact, for the versioned cache
+    // entry; reconciliation relies on the pair).
+    let (available, version) = store::stock(c, d, product)
+        .await?
+        .ok_or_else(|| DbError::Other(format!("product {product} vanished in a batch")))?;
     Ok(Some(BatchPlan {
         answers,
-        available: avail + returned,
+        available,
+        version,
     }))
 }

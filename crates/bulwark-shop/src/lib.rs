@@ -142,8 +142,9 @@ pub struct Shop {
     pub outbox: Arc<Outbox>,
     /// Purchase admission (`SHOP_MAX_IN_FLIGHT`).
     pub in_flight: tokio::sync::Semaphore,
-    /// Purchases hold it shared; a sale reset holds it exclusively, so no purchase runs
-    /// while the state is wiped.
+    /// Purchases and reconciliation hold it shared; a sale reset (or reseed) holds it
+    /// exclusively, so no purchase runs while the state is wiped, and no reconciliation
+    /// compares a cache entry of the old sale with the new one's row versions.
     pub sale: tokio::sync::RwLock<()>,
     /// The batching tasks (writers, settler, ledger); they stop when their queues close.
     pub tracker: TaskTracker,
@@ -195,6 +196,7 @@ impl Shop {
                 reservation_ttl: config.reservation_ttl,
                 batch_max: config.batch_max,
                 queue_per_product: config.queue_per_product,
+                lock_wait: config.lock_wait,
             },
             if config.strategy.needs_redis() {
                 redis
@@ -203,14 +205,17 @@ impl Shop {
             },
             tracker.clone(),
         ));
+        // Saga steps (ledger, confirm, compensations, recovery) use their own pool of the
+        // primary: a bulkhead against the per-request strategies' transactions.
+        let saga_db = Arc::new(db.for_sagas());
         let payments = Arc::new(PaymentProvider::start(
             config.payment.clone(),
-            db.clone(),
+            saga_db.clone(),
             config.batch_max,
             &tracker,
         ));
         let saga = Saga::start(
-            db.clone(),
+            saga_db,
             inventory.clone(),
             payments,
             SagaConfig {
@@ -246,10 +251,11 @@ impl Shop {
                 .primary(async |c| store::list_products(c, d, after.as_deref(), 1000).await)
                 .await?;
             let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for p in &page {
+            after = Some(last.product.id.clone());
+            for row in &page {
+                let p = &row.product;
                 self.cache.put_details(p);
-                self.cache.put_stock(&p.id, p.stock);
+                self.cache.put_stock(&p.id, p.stock, row.version);
                 stocks.push((p.id.clone(), p.stock));
             }
         }
@@ -263,10 +269,12 @@ impl Shop {
     /// Runs reconciliation for every product and repairs what it found wrong (the
     /// cache and the writer's counter are reloaded from the database).
     pub async fn reconcile(&self) -> Result<Vec<reconcile::Report>, DbError> {
+        let _sale = self.sale.read().await;
         let reports = reconcile::run(&self.db, &self.cache).await?;
         for r in &reports {
-            if !r.cache_matches_db {
-                self.cache.put_stock(&r.product_id, r.db_stock);
+            if !r.consistent() {
+                self.cache
+                    .replace_stock(&r.product_id, r.db_stock, r.db_version);
                 self.inventory.forget_writer(&r.product_id);
             }
         }

@@ -121,16 +121,14 @@ pub async fn list_products(
     d: Dialect,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<Product>, DbError> {
+) -> Result<Vec<ProductRow>, DbError> {
     let sql = format!("SELECT {PRODUCT_COLS} FROM shop_products WHERE id > ? ORDER BY id LIMIT ?");
     let rows = sqlx::query(&d.sql(&sql))
         .bind(after.unwrap_or(""))
         .bind(limit)
         .fetch_all(&mut *c)
         .await?;
-    rows.iter()
-        .map(|r| product_from_row(r).map(|p| p.product))
-        .collect()
+    rows.iter().map(product_from_row).collect()
 }
 
 /// All product ids (cache warm-up, reconciliation).
@@ -240,13 +238,19 @@ pub async fn return_stock(
     Ok(())
 }
 
-/// The current stock of a product.
-pub async fn stock(c: &mut AnyConnection, d: Dialect, id: &str) -> Result<Option<i64>, DbError> {
-    let row = sqlx::query(&d.sql("SELECT stock FROM shop_products WHERE id = ?"))
+/// The current stock of a product and the row version it is at (one statement, so the
+/// two agree).
+pub async fn stock(
+    c: &mut AnyConnection,
+    d: Dialect,
+    id: &str,
+) -> Result<Option<(i64, i64)>, DbError> {
+    let row = sqlx::query(&d.sql("SELECT stock, version FROM shop_products WHERE id = ?"))
         .bind(id)
         .fetch_optional(&mut *c)
         .await?;
-    row.map(|r| Ok(r.try_get("stock")?)).transpose()
+    row.map(|r| Ok((r.try_get("stock")?, r.try_get("version")?)))
+        .transpose()
 }
 
 /// Orders created by any of `keys`.
@@ -577,6 +581,8 @@ pub struct AuditCounts {
     pub initial_stock: i64,
     /// Stock now.
     pub db_stock: i64,
+    /// The product row's version (bumped by every stock change).
+    pub version: i64,
     /// Units held by orders that are neither confirmed nor cancelled (pending, failed).
     pub reserved: i64,
     /// Units in confirmed orders.
@@ -591,24 +597,20 @@ pub struct AuditCounts {
     pub unsettled_captures: i64,
 }
 
-/// Counts everything the audit endpoint and the reconciliation job check.
+/// Counts everything the audit endpoint and the reconciliation job check. Run it in
+/// [`crate::db::Db::snapshot`], so every statement reads the same snapshot.
 pub async fn audit(
     c: &mut AnyConnection,
     d: Dialect,
     product_id: &str,
 ) -> Result<Option<AuditCounts>, DbError> {
-    if d == Dialect::Postgres {
-        // One snapshot for every count below (READ COMMITTED takes one per statement).
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .execute(&mut *c)
-            .await?;
-    }
     let Some(p) = product(c, d, product_id, false).await? else {
         return Ok(None);
     };
     let mut a = AuditCounts {
         initial_stock: p.initial_stock,
         db_stock: p.product.stock,
+        version: p.version,
         ..AuditCounts::default()
     };
     let sql = format!(

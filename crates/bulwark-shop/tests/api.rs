@@ -10,7 +10,11 @@ use serde_json::{Value, json};
 
 /// Same key and body → the original answer and one charge; another body → 422.
 async fn idempotency(backend: SqlBackend) {
-    let s = Server::start(backend, &[]).await;
+    idempotency_with(backend, "batched").await;
+}
+
+async fn idempotency_with(backend: SqlBackend, strategy: &str) {
+    let (s, redis) = Server::start_with_strategy(backend, strategy, &[]).await;
     s.seed("p1", 1).await;
     let first = s.purchase("key-1", "p1", 1).await;
     assert_eq!(first.0, 201, "{}", first.1);
@@ -44,12 +48,20 @@ async fn idempotency(backend: SqlBackend) {
     assert_invariants(&audit);
     assert_eq!(audit["payments"]["captured"], 1, "{audit}");
     assert_eq!(audit["sold"], 1, "{audit}");
+    if redis.is_some() {
+        // The Redis counter took the key's units once, and gave back none it kept.
+        assert_eq!(audit["redis_stock"], 9, "{audit}");
+    }
     s.stop().await;
 }
 
 /// Every malformed purchase gets a structured 4xx and reserves nothing.
 async fn bad_input(backend: SqlBackend) {
-    let s = Server::start(backend, &[]).await;
+    bad_input_with(backend, "batched").await;
+}
+
+async fn bad_input_with(backend: SqlBackend, strategy: &str) {
+    let (s, redis) = Server::start_with_strategy(backend, strategy, &[]).await;
     s.seed("p1", 10).await;
     let long_key = "k".repeat(129);
     let body = |q: &str| format!(r#"{{"product_id":"p1","quantity":{q},"customer_id":"c"}}"#);
@@ -122,10 +134,17 @@ async fn bad_input(backend: SqlBackend) {
         assert!(resp["error"]["request_id"].is_string(), "{resp}");
         assert!(resp["error"]["message"].is_string(), "{resp}");
     }
+    // More than the stock (a valid quantity): 409, nothing reserved either.
+    let (status, body) = s.purchase("too-many", "p1", 11).await;
+    assert_eq!((status, &body["error"]["code"]), (409, &json!("SOLD_OUT")));
     let audit = s.audit("p1").await;
     assert_eq!(audit["db_stock"], 10, "nothing reserved: {audit}");
     assert_eq!(audit["orders"]["PENDING"], 0);
     assert_eq!(audit["orders"]["CONFIRMED"], 0);
+    assert_eq!(audit["orders"]["CANCELLED"], 0);
+    if redis.is_some() {
+        assert_eq!(audit["redis_stock"], 10, "nothing held in Redis: {audit}");
+    }
     let (status, body) = s.get("/v1/products/nope").await;
     assert_eq!(
         (status, &body["error"]["code"]),
@@ -321,6 +340,101 @@ async fn reconciliation_detects_drift(backend: SqlBackend) {
     s.stop().await;
 }
 
+/// SHOP-6 under load: buyers purchase without pause while reconciliation runs again and
+/// again; not one round reports an inconsistency (the conservation check reads one
+/// snapshot, and a cache entry that merely lags behind commits is told apart by its
+/// version). Then the stock is corrupted behind the service's back, purchases still
+/// running, and the next round reports it with the alarm's metric.
+async fn reconciliation_exact_under_load(backend: SqlBackend, strategy: &str) {
+    const ROUNDS: usize = 30;
+    let s = std::sync::Arc::new(
+        Server::start(
+            backend,
+            &[
+                ("SHOP_SWEEP_INTERVAL_SEC", "3600"),
+                ("SHOP_STRATEGY", strategy),
+            ],
+        )
+        .await,
+    );
+    s.seed("p1", 1_000_000).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let buyers: Vec<_> = (0..8)
+        .map(|b| {
+            let (s, stop) = (s.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut bought = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Retrying a 503: on SQLite the tampering connection below takes the
+                    // one write lock for a moment.
+                    let (status, body) = s
+                        .purchase_retrying(&format!("load-{b}-{bought}"), "p1", 1)
+                        .await;
+                    assert!(matches!(status, 201 | 202), "{status}: {body}");
+                    bought += 1;
+                }
+                bought
+            })
+        })
+        .collect();
+    let inconsistency = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(r#"shop_inventory_inconsistency{product="p1"}"#))
+            .map(|l| l.ends_with(" 1"))
+    };
+    let (mut in_flight, mut lagging) = (0, 0);
+    for round in 0..ROUNDS {
+        let (status, report) = s.post("/v1/admin/reconcile", &json!({})).await;
+        assert_eq!(status, 200, "{report}");
+        let p = &report["products"][0];
+        assert_eq!(p["stock_conserved"], true, "round {round}: {report}");
+        assert_eq!(p["cache_consistent"], true, "round {round}: {report}");
+        assert_eq!(
+            inconsistency(&s.metrics().await),
+            Some(false),
+            "round {round}: {report}"
+        );
+        in_flight += usize::from(p["reserved"].as_i64() > Some(0));
+        lagging += usize::from(p["cache_version"].as_i64() < p["db_version"].as_i64());
+    }
+    // The rounds really overlapped purchases: some saw sagas between reserve and confirm.
+    assert!(in_flight > 0, "no round saw a purchase in flight");
+    eprintln!(
+        "{ROUNDS} rounds: {in_flight} with orders in flight, {lagging} with a lagging cache entry"
+    );
+    // A real corruption, while buyers go on: 7 units appear from nowhere.
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&s.db.url)
+        .await
+        .expect("connect");
+    sqlx::query("UPDATE shop_products SET stock = stock + 7")
+        .execute(&mut conn)
+        .await
+        .expect("tamper");
+    let (_, report) = s.post("/v1/admin/reconcile", &json!({})).await;
+    assert_eq!(report["products"][0]["stock_conserved"], false, "{report}");
+    assert_eq!(inconsistency(&s.metrics().await), Some(true));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut bought = 0;
+    for b in buyers {
+        bought += b.await.expect("buyer");
+    }
+    assert!(bought > 0);
+    let audit = s.settled_audit("p1").await;
+    assert_eq!(audit["conditions"][0], "InventoryInconsistency", "{audit}");
+    let s = std::sync::Arc::into_inner(s).expect("no other owner");
+    s.stop().await;
+}
+
+async fn reconciliation_exact_under_load_batched(backend: SqlBackend) {
+    reconciliation_exact_under_load(backend, "batched").await;
+}
+
+async fn reconciliation_exact_under_load_row_lock(backend: SqlBackend) {
+    reconciliation_exact_under_load(backend, "row-lock").await;
+}
+
 /// Catalog reads: cache hits after warm-up, pagination, the hit-rate metric.
 async fn catalog_reads(backend: SqlBackend) {
     let s = Server::start(backend, &[]).await;
@@ -375,6 +489,31 @@ async fn catalog_reads(backend: SqlBackend) {
     s.stop().await;
 }
 
+/// The strategies other than `batched` reach the database by other paths (per-request
+/// transactions, the Redis counter and its holds): the idempotency and bad-input checks on
+/// each, on PostgreSQL.
+mod strategies {
+    use super::{SqlBackend, bad_input_with, idempotency_with};
+
+    macro_rules! each {
+        ($($name:ident: $f:ident, $strategy:literal;)*) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $f(SqlBackend::Postgres, $strategy).await;
+            }
+        )*};
+    }
+
+    each! {
+        idempotency_row_lock: idempotency_with, "row-lock";
+        idempotency_optimistic: idempotency_with, "optimistic";
+        idempotency_redis_lua: idempotency_with, "redis-lua";
+        idempotency_layered: idempotency_with, "layered";
+        bad_input_redis_lua: bad_input_with, "redis-lua";
+        bad_input_layered: bad_input_with, "layered";
+    }
+}
+
 macro_rules! on_every_backend {
     ($($test:ident),*) => {
         mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::SqlBackend::Sqlite).await } )* }
@@ -389,5 +528,7 @@ on_every_backend!(
     declines_compensate,
     dead_letter_and_operator_retry,
     reconciliation_detects_drift,
+    reconciliation_exact_under_load_batched,
+    reconciliation_exact_under_load_row_lock,
     catalog_reads
 );

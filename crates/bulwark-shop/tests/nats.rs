@@ -125,6 +125,7 @@ async fn saga_events_reach_jetstream_at_least_once() {
         url: s.db.url.clone(),
         replica_url: None,
         pool_size: 2,
+        saga_pool_size: 1,
         timeout: Duration::from_secs(10),
         breaker: bulwark_resilience::breaker::BreakerConfig {
             failure_threshold: 3,

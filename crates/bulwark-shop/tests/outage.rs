@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Server, SqlBackend, TestDatabase, assert_invariants};
@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
+    /// Connections attempted through the proxy (refused ones included).
+    attempts: Arc<AtomicUsize>,
     conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -24,9 +26,11 @@ impl Proxy {
         let port = listener.local_addr().expect("addr").port();
         let up = Arc::new(AtomicBool::new(true));
         let conns = Arc::new(std::sync::Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
-        let (u, c) = (up.clone(), conns.clone());
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let (u, c, a) = (up.clone(), conns.clone(), attempts.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
                 if !u.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -40,7 +44,12 @@ impl Proxy {
                 c.lock().expect("lock").push(task.abort_handle());
             }
         });
-        Proxy { port, up, conns }
+        Proxy {
+            port,
+            up,
+            attempts,
+            conns,
+        }
     }
 
     fn cut(&self) {
@@ -71,7 +80,8 @@ async fn database_outage_answers_503_and_loses_nothing() {
         proxied,
         &[
             ("SHOP_DB_TIMEOUT_SEC", "2"),
-            ("SHOP_DB_BREAKER_OPEN_SEC", "1"),
+            // Long enough that the requests below all meet the OPEN breaker.
+            ("SHOP_DB_BREAKER_OPEN_SEC", "10"),
             ("SHOP_DB_BREAKER_FAILURES", "3"),
         ],
     )
@@ -107,6 +117,20 @@ async fn database_outage_answers_503_and_loses_nothing() {
         metrics.contains(r#"circuit_breaker_state{node="shop_db"} 2"#),
         "the breaker is OPEN: later calls fail without touching the network"
     );
+    // Fast: with the breaker OPEN, purchases are refused without a connection attempt
+    // (no wait for the database's timeout).
+    let before = proxy.attempts.load(Ordering::SeqCst);
+    for i in 0..20 {
+        let (status, body) = s.purchase(&format!("open-{i}"), "p1", 1).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "UNAVAILABLE", "{body}");
+        assert!(body["error"]["request_id"].is_string(), "{body}");
+    }
+    assert_eq!(
+        proxy.attempts.load(Ordering::SeqCst),
+        before,
+        "an OPEN breaker never reaches for the database"
+    );
 
     proxy.restore();
     let back = bulwark_testkit::wait_for(Duration::from_secs(30), || async {
@@ -114,7 +138,13 @@ async fn database_outage_answers_503_and_loses_nothing() {
     })
     .await;
     assert!(back, "the breaker closes when the database is back");
-    // The failed attempts reserved nothing; retried with their keys, they now succeed.
+    // Nothing half-done: no unit and no order was taken by the refused attempts.
+    let audit = s.audit("p1").await;
+    assert_eq!(audit["db_stock"], 9, "{audit}");
+    assert_eq!(audit["sold"], 1, "{audit}");
+    assert_eq!(audit["reserved"], 0, "{audit}");
+    assert_eq!(audit["orders"]["CANCELLED"], 0, "{audit}");
+    // Retried with their keys, they now succeed.
     for i in 0..6 {
         let (status, body) = s.purchase_retrying(&format!("down-{i}"), "p1", 1).await;
         assert_eq!(status, 201, "{body}");

@@ -41,6 +41,29 @@ impl Server {
         Server::start_on(db, extra).await
     }
 
+    /// Starts a service with purchase strategy `strategy`, and a `redis-server` of its own
+    /// when the strategy needs one (returned: it stops when dropped).
+    pub async fn start_with_strategy(
+        backend: SqlBackend,
+        strategy: &str,
+        extra: &[(&str, &str)],
+    ) -> (Server, Option<bulwark_testkit::RedisServer>) {
+        let redis = if matches!(strategy, "redis-lua" | "layered") {
+            Some(
+                bulwark_testkit::RedisServer::start(bulwark_testkit::RedisOptions::default()).await,
+            )
+        } else {
+            None
+        };
+        let redis_url = redis.as_ref().map(|r| format!("redis://{}", r.addr()));
+        let mut pairs = vec![("SHOP_STRATEGY", strategy)];
+        if let Some(url) = &redis_url {
+            pairs.push(("SHOP_REDIS_URL", url.as_str()));
+        }
+        pairs.extend_from_slice(extra);
+        (Server::start(backend, &pairs).await, redis)
+    }
+
     /// Starts a service on an existing test database.
     pub async fn start_on(db: TestDatabase, extra: &[(&str, &str)]) -> Server {
         let mut pairs: Vec<(&str, &str)> = BASE.to_vec();
@@ -173,6 +196,18 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(5 + attempt.min(20) * 5)).await;
         }
         last
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// The audit of `product`.
