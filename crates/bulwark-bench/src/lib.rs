@@ -20,19 +20,25 @@
 
 pub mod args;
 mod measure;
+mod pgbench;
 mod progress;
 mod replica_down;
 pub mod report;
 mod schedule;
+mod shop;
+pub mod shop_report;
+mod spawn;
 mod workload;
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
-pub use args::{BenchArgs, BenchCommand, KvArgs};
+pub use args::{BenchArgs, BenchCommand, KvArgs, ShopBenchArgs};
 pub use replica_down::ReplicaDownError;
 pub use report::{BenchReport, ScenarioResult};
+pub use shop::run_shop;
+pub use shop_report::{ShopReport, StrategyRun};
 pub use workload::WorkloadError;
 
 use args::{Op, Scenario, Target};
@@ -57,6 +63,33 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 println!("{json}");
             } else {
                 print!("{}", render_table(&report.results));
+            }
+            Ok(())
+        }
+        BenchCommand::Shop(shop) => {
+            let report = run_shop(&shop).await?;
+            let json = serde_json::to_string_pretty(&report)?;
+            if let Some(path) = &shop.output {
+                std::fs::write(path, format!("{json}\n"))
+                    .with_context(|| format!("writing results to {}", path.display()))?;
+            }
+            if shop.json {
+                println!("{json}");
+            } else {
+                print!("{}", shop_report::render_shop(&report));
+            }
+            let violated: Vec<String> = report
+                .runs
+                .iter()
+                .flat_map(|r| {
+                    r.invariants
+                        .iter()
+                        .filter(|c| !c.ok)
+                        .map(move |c| format!("{} {}", r.strategy, c.name))
+                })
+                .collect();
+            if !violated.is_empty() {
+                anyhow::bail!("invariant violated: {}", violated.join(", "));
             }
             Ok(())
         }
@@ -183,14 +216,14 @@ impl Runner<'_> {
         if !args.warmup.is_zero() {
             bar.phase("warm-up", args.warmup);
             self.seed += 1;
-            measure::run_phase(ctx, args.warmup, self.seed, live, |l| {
+            measure::run_phase(ctx, ctx.load(), args.warmup, self.seed, live, |l| {
                 bar.tick("warm-up", &l)
             })
             .await;
         }
         bar.phase("measuring", args.duration);
         self.seed += 1;
-        let phase = measure::run_phase(ctx, args.duration, self.seed, live, |l| {
+        let phase = measure::run_phase(ctx, ctx.load(), args.duration, self.seed, live, |l| {
             bar.tick("measuring", &l)
         })
         .await;
