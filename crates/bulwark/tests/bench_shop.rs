@@ -18,7 +18,11 @@ fn spawned_sqlite_sale_passes_its_invariants_and_reports_every_figure() {
         .expect("run bulwark bench shop");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "exit {}\n{stdout}\n{stderr}",
+        out.status
+    );
     let report: Value = serde_json::from_str(&stdout).expect("--json prints one JSON document");
     assert_eq!(report["tool"], "bulwark bench shop");
     assert_eq!(report["config"]["connections"], 300);
@@ -62,7 +66,9 @@ fn spawned_sqlite_sale_passes_its_invariants_and_reports_every_figure() {
     }
     // Every purchase answered 201 is a confirmed order in the audit; the stock was not
     // exhausted, so some purchases did succeed.
-    let confirmed = run["audit"]["orders"]["CONFIRMED"].as_i64().expect("CONFIRMED");
+    let confirmed = run["audit"]["orders"]["CONFIRMED"]
+        .as_i64()
+        .expect("CONFIRMED");
     assert!(confirmed > 0 && run["purchases_ok_per_s"].as_f64().expect("rate") > 0.0);
     assert!(run["acknowledged_confirmed"].as_i64().expect("acks") <= confirmed);
     assert_eq!(run["sold_out"], false);
@@ -72,13 +78,24 @@ fn spawned_sqlite_sale_passes_its_invariants_and_reports_every_figure() {
         assert!((0.0..=1.0).contains(&r), "{f}: {cache}");
     }
     assert!(cache["lookups"].as_u64().expect("lookups") > 0, "{cache}");
-    assert!(run["rss_peak_bytes"].as_u64().expect("rss") > 1_000_000, "{run}");
+    assert!(
+        run["rss_peak_bytes"].as_u64().expect("rss") > 1_000_000,
+        "{run}"
+    );
 }
 
 #[test]
 fn table_output_ends_with_the_verdict() {
     let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(["bench", "shop", "--spawn", "--connections", "50", "--read-ratio", "0"])
+        .args([
+            "bench",
+            "shop",
+            "--spawn",
+            "--connections",
+            "50",
+            "--read-ratio",
+            "0",
+        ])
         .args(["--duration", "1", "--warmup", "0", "--stock", "20"])
         .output()
         .expect("run bulwark bench shop");
@@ -94,5 +111,8 @@ fn table_output_ends_with_the_verdict() {
         .lines()
         .find(|l| l.starts_with("batched ") && l.ends_with("OK"))
         .unwrap_or_else(|| panic!("no summary line:\n{stdout}"));
-    assert!(summary.contains("20/20") && summary.contains(" yes "), "{summary}");
+    assert!(
+        summary.contains("20/20") && summary.contains(" yes "),
+        "{summary}"
+    );
 }
