@@ -77,7 +77,8 @@ pub struct ShopBenchArgs {
     #[arg(long, default_value = "10", value_parser = parse_secs)]
     pub duration: Duration,
 
-    /// Unmeasured warm-up per strategy, in seconds (opens the connections, fills caches).
+    /// Unmeasured warm-up per strategy, in seconds: always closed loop, so that every
+    /// worker opens its connection (they stay open through an open-loop measurement).
     /// Its purchases are part of the sale and of the audit.
     #[arg(long, default_value = "2", value_parser = parse_secs)]
     pub warmup: Duration,

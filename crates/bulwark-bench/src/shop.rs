@@ -173,7 +173,10 @@ async fn sale(
     let mut acknowledged = 0;
     if !args.warmup.is_zero() {
         bar.phase("warm-up", args.warmup);
-        let warm = measure::run_phase(&driver, load, args.warmup, seed_base, live, |l| {
+        // Closed loop whatever --rate says: every worker opens its connection now, and the
+        // client's pool keeps them open through the measured phase.
+        let warm_load = Load { rate: None, ..load };
+        let warm = measure::run_phase(&driver, warm_load, args.warmup, seed_base, live, |l| {
             bar.tick("warm-up", &l)
         })
         .await;
@@ -185,6 +188,9 @@ async fn sale(
         bar.tick("measuring", &l)
     })
     .await;
+    let connections_established = shop
+        .and_then(|_| base.rsplit(':').next()?.parse::<u16>().ok())
+        .and_then(crate::spawn::established_on);
     let after = cache_counters(&control, base).await.ok();
     let stats = phase.stats;
     acknowledged += stats.confirmed;
@@ -218,6 +224,7 @@ async fn sale(
         pgbench_ratio: None,
         sold_out,
         cache: before.zip(after).map(|(b, a)| a.since(&b)),
+        connections_established,
         rss_peak_bytes,
         settle_s,
         acknowledged_confirmed: acknowledged,

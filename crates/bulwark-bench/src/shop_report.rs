@@ -92,6 +92,9 @@ pub struct StrategyRun {
     pub sold_out: bool,
     /// The shop's cache hit rates over the measured phase, from its /metrics.
     pub cache: Option<CacheFigures>,
+    /// Connections to the shop in state ESTABLISHED on its side right after the measured
+    /// phase (from `/proc/net/tcp`; only for a shop on this machine).
+    pub connections_established: Option<u64>,
     /// Peak resident memory of the shop process (VmHWM, or the highest VmRSS sampled),
     /// in bytes; only for spawned shops.
     pub rss_peak_bytes: Option<u64>,
@@ -374,6 +377,8 @@ pub fn render_shop(report: &ShopReport) -> String {
                 r.pgbench_ratio
                     .map_or("-".to_owned(), |x| format!("{x:.1}×")),
                 if r.sold_out { "yes" } else { "no" }.to_owned(),
+                r.connections_established
+                    .map_or("-".to_owned(), |n| n.to_string()),
                 r.cache.map_or("-".to_owned(), |c| pct(c.hit_rate)),
                 r.rss_peak_bytes
                     .map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / 1_048_576.0)),
@@ -393,6 +398,7 @@ pub fn render_shop(report: &ShopReport) -> String {
             "purchases/s",
             "vs pgbench",
             "sold out",
+            "conns",
             "cache hit",
             "RSS MB",
             "sold/stock",
@@ -557,6 +563,7 @@ mod tests {
             pgbench_ratio: Some(0.5),
             sold_out: true,
             cache: None,
+            connections_established: Some(4),
             rss_peak_bytes: Some(50 * 1_048_576),
             settle_s: 0.2,
             acknowledged_confirmed: 9,

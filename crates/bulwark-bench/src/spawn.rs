@@ -174,6 +174,34 @@ pub(crate) fn parse_status(text: &str) -> Option<Memory> {
     })
 }
 
+/// TCP connections in state ESTABLISHED whose local port is `port`, from `/proc/net/tcp`
+/// and `/proc/net/tcp6`: the server side of the connections to a shop on this machine.
+pub(crate) fn established_on(port: u16) -> Option<u64> {
+    let mut n = 0;
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            read_any = true;
+            n += count_established(&text, port);
+        }
+    }
+    read_any.then_some(n)
+}
+
+/// Counts the rows of a `/proc/net/tcp` table with local port `port` and state `01`.
+pub(crate) fn count_established(text: &str, port: u16) -> u64 {
+    let port = format!(":{port:04X}");
+    text.lines()
+        .skip(1)
+        .filter(|line| {
+            let mut cols = line.split_whitespace();
+            let local = cols.nth(1).unwrap_or_default();
+            let state = cols.nth(1).unwrap_or_default();
+            local.ends_with(&port) && state == "01"
+        })
+        .count() as u64
+}
+
 /// The last lines of a log file, for error messages.
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -197,6 +225,20 @@ mod tests {
             })
         );
         assert_eq!(parse_status("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn established_server_sockets_are_counted_by_local_port() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n\
+            1: 0100007F:1F90 0100007F:D431 01 00000000:00000000\n\
+            2: 0100007F:1F90 0100007F:D432 01 00000000:00000000\n\
+            3: 0100007F:D431 0100007F:1F90 01 00000000:00000000\n\
+            4: 0100007F:1F90 0100007F:D433 06 00000000:00000000\n";
+        // Port 8080 = 0x1F90: two established server-side rows; the listener (0A), the
+        // client side (remote 1F90) and TIME_WAIT (06) are not counted.
+        assert_eq!(count_established(text, 8080), 2);
+        assert_eq!(count_established(text, 80), 0);
     }
 
     #[test]
