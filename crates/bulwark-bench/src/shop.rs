@@ -223,7 +223,10 @@ async fn sale(
         purchases_ok_per_s,
         pgbench_ratio: None,
         sold_out,
-        cache: before.zip(after).map(|(b, a)| a.since(&b)),
+        cache: before
+            .zip(after)
+            .map(|(b, a)| a.since(&b))
+            .filter(|c| c.lookups > 0),
         connections_established,
         rss_peak_bytes,
         settle_s,
@@ -236,7 +239,8 @@ async fn sale(
         "{:.1} purchases/s, {} views/s, invariants {}",
         run.purchases_ok_per_s,
         run.ops
-            .first()
+            .iter()
+            .find(|o| o.op == "view")
             .map_or("0".to_owned(), |o| format!("{:.1}", o.throughput_rps)),
         if invariants_ok { "OK" } else { "VIOLATED" }
     ));
@@ -597,17 +601,22 @@ pub(crate) struct ShopStats {
 }
 
 impl ShopStats {
+    /// One result per operation that was sent (the open loop's missed requests are
+    /// reported on the first).
     fn results(&self, elapsed: f64) -> Vec<OpResult> {
-        let mut ops = vec![self.view.result("view", elapsed, self.missed)];
-        for (name, s) in [
+        let mut ops: Vec<OpResult> = [
+            ("view", &self.view),
             ("view (cache hit)", &self.view_hit),
             ("view (cache miss)", &self.view_miss),
-        ] {
-            if s.stats.requests() > 0 {
-                ops.push(s.result(name, elapsed, 0));
-            }
+            ("purchase", &self.purchase),
+        ]
+        .into_iter()
+        .filter(|(_, s)| s.stats.requests() > 0)
+        .map(|(name, s)| s.result(name, elapsed, 0))
+        .collect();
+        if let Some(first) = ops.first_mut() {
+            first.missed = self.missed;
         }
-        ops.push(self.purchase.result("purchase", elapsed, 0));
         ops
     }
 }
@@ -719,6 +728,7 @@ mod tests {
         s.record(o(ShopOp::View, Outcome::Status(200), true, None), ms);
         s.record(o(ShopOp::View, Outcome::Status(200), false, None), ms);
         s.record(o(ShopOp::View, Outcome::Status(503), false, None), ms);
+        assert!(ShopStats::empty().results(1.0).is_empty());
         let ops = s.results(1.0);
         let names: Vec<&str> = ops.iter().map(|o| o.op.as_str()).collect();
         assert_eq!(

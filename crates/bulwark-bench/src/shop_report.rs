@@ -90,7 +90,8 @@ pub struct StrategyRun {
     pub pgbench_ratio: Option<f64>,
     /// Whether a purchase was answered 409 `SOLD_OUT` (the stock ran out).
     pub sold_out: bool,
-    /// The shop's cache hit rates over the measured phase, from its /metrics.
+    /// The shop's cache hit rates over the measured phase, from its /metrics (`None`
+    /// without a cache lookup, e.g. purchases only).
     pub cache: Option<CacheFigures>,
     /// Connections to the shop in state ESTABLISHED on its side right after the measured
     /// phase (from `/proc/net/tcp`; only for a shop on this machine).
