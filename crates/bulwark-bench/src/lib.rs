@@ -1,4 +1,5 @@
-//! `bulwark bench`: a load generator for the CAP service's HTTP API.
+//! `bulwark bench`: load generators for the CAP service's HTTP API (`bench kv`) and the
+//! commerce service (`bench shop`, see [`shop_report`] and `shop`).
 //!
 //! Measured the way wrk2 and HdrHistogram users do:
 //!
@@ -13,8 +14,12 @@
 //!   URIs prepared before the clock starts.
 //!
 //! Modules, in the order a run uses them: [`args`] (flags), `workload` (pre-built requests),
-//! `schedule` (open-loop arithmetic), `measure` (client, workers, histograms), `progress`
-//! (stderr bars), `replica_down` (supervisor orchestration), [`report`] (results, table).
+//! `schedule` (open-loop arithmetic), `measure` (client, workers, histograms; the phase
+//! runner is generic over a `Driver` and a `Recorder`), `progress` (stderr bars),
+//! `replica_down` (supervisor orchestration), [`report`] (results, table). `bench shop`
+//! adds `shop` (the sale: driver, recorder, orchestration), `spawn` (child shops, memory,
+//! connections), `pgbench` (the baseline) and [`shop_report`] (results, invariant checks,
+//! tables).
 
 #![forbid(unsafe_code)]
 
