@@ -23,6 +23,156 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Load the CAP service's key-value HTTP API (seed endpoints or /v1/kv).
     Kv(KvArgs),
+    /// Run a flash sale against the commerce service (`bulwark shop`): views and
+    /// purchases of one hot product, then the invariant check.
+    Shop(ShopBenchArgs),
+}
+
+/// Flags of `bulwark bench shop`.
+///
+/// Each strategy gets a fresh sale (the hot product seeded with `--stock`, `reset`), a
+/// warm-up, a measured phase of `--connections` workers doing the `--read-ratio` mix, then
+/// the audit once every order is terminal.
+#[derive(Args, Debug, Clone)]
+pub struct ShopBenchArgs {
+    /// A running shop to load (its base URL). Without it, `--spawn` is implied.
+    #[arg(long, value_name = "URL", conflicts_with = "spawn")]
+    pub target: Option<Target>,
+
+    /// Start `bulwark shop` child processes (this same binary) on free ports, one per
+    /// strategy, and read their memory while they run.
+    #[arg(long)]
+    pub spawn: bool,
+
+    /// Database of the spawned shops. Default: a fresh SQLite file per strategy in a
+    /// temporary directory.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Redis of the spawned shops, for the `redis-lua` and `layered` strategies.
+    #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Strategies of the spawned shops: `all`, or a comma-separated list of batched,
+    /// row-lock, optimistic, redis-lua, layered. Each runs as its own sale, side by side.
+    #[arg(long, default_value = "batched", value_parser = parse_strategies)]
+    pub strategies: StrategyList,
+
+    /// Workers, and so connections kept open to the shop (the seed's 6,000).
+    #[arg(long, default_value_t = 6000, value_parser = clap::value_parser!(u32).range(1..=MAX_SHOP_CONNECTIONS))]
+    pub connections: u32,
+
+    /// Share of requests that view the product (`GET /v1/products/{id}`); the rest buy
+    /// one unit (`POST /v1/orders`, a unique Idempotency-Key each).
+    #[arg(long, default_value_t = 0.8, value_parser = parse_ratio)]
+    pub read_ratio: f64,
+
+    /// Open loop: send this many requests/s in total over the `--connections` workers,
+    /// with latency measured from each request's scheduled time. Default: closed loop
+    /// (every worker sends its next request when the previous one is answered).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Measured time per strategy, in seconds.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub duration: Duration,
+
+    /// Unmeasured warm-up per strategy, in seconds: always closed loop, so that every
+    /// worker opens its connection (they stay open through an open-loop measurement).
+    /// Its purchases are part of the sale and of the audit.
+    #[arg(long, default_value = "2", value_parser = parse_secs)]
+    pub warmup: Duration,
+
+    /// Units of the hot product at the start of each sale.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000_000_000))]
+    pub stock: i64,
+
+    /// Id of the hot product (seeded with `reset`, which wipes the sale's previous state).
+    #[arg(long, default_value = "bench-hot")]
+    pub product: String,
+
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub timeout: Duration,
+
+    /// How long to wait after the load for every order to be terminal, in seconds.
+    #[arg(long, default_value = "120", value_parser = parse_secs)]
+    pub settle_timeout: Duration,
+
+    /// Run the pgbench baseline (the single-row conditional UPDATE, 64 clients) on the
+    /// same PostgreSQL before the sales: `on`, `off`, or `auto` (on when the database is
+    /// PostgreSQL).
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    pub pgbench: Toggle,
+
+    /// pgbench clients.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pgbench_clients: u32,
+
+    /// Extra `KEY=VALUE` environment for the spawned shops (e.g. SHOP_DB_POOL_SIZE=32).
+    /// Repeatable.
+    #[arg(long = "shop-env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub shop_env: Vec<(String, String)>,
+
+    /// Print a JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the JSON document to this file.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// Upper bound on `bench shop --connections`.
+pub const MAX_SHOP_CONNECTIONS: i64 = 10_000;
+
+/// The shop's purchase strategies, by the names `bulwark shop --strategy` takes.
+pub const SHOP_STRATEGIES: [&str; 5] =
+    ["batched", "row-lock", "optimistic", "redis-lua", "layered"];
+
+/// A non-empty list of strategy names, without duplicates, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrategyList(pub Vec<String>);
+
+/// Parses `all` or `a,b,…` (each one of [`SHOP_STRATEGIES`]).
+pub fn parse_strategies(s: &str) -> Result<StrategyList, String> {
+    if s.trim() == "all" {
+        return Ok(StrategyList(SHOP_STRATEGIES.map(str::to_owned).to_vec()));
+    }
+    let mut list: Vec<String> = Vec::new();
+    for name in s.split(',').map(str::trim) {
+        if !SHOP_STRATEGIES.contains(&name) {
+            return Err(format!(
+                "{name:?} is not a strategy (expected all, or a list of {})",
+                SHOP_STRATEGIES.join(", ")
+            ));
+        }
+        if !list.iter().any(|n| n == name) {
+            list.push(name.to_owned());
+        }
+    }
+    Ok(StrategyList(list))
+}
+
+/// Parses `KEY=VALUE` with a non-empty key.
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains(char::is_whitespace) => {
+            Ok((k.to_owned(), v.to_owned()))
+        }
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// On, off, or decided from the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    /// Decided from the context (see the flag).
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
 }
 
 /// Flags of `bulwark bench kv`.
@@ -296,7 +446,39 @@ mod tests {
         full.extend_from_slice(argv);
         Cli::try_parse_from(full).map(|c| match c.command {
             BenchCommand::Kv(a) => a,
+            BenchCommand::Shop(_) => unreachable!("parsed `bench kv`"),
         })
+    }
+
+    fn shop(argv: &[&str]) -> Result<ShopBenchArgs, clap::Error> {
+        let mut full = vec!["bench", "shop"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).map(|c| match c.command {
+            BenchCommand::Shop(a) => a,
+            BenchCommand::Kv(_) => unreachable!("parsed `bench shop`"),
+        })
+    }
+
+    #[test]
+    fn shop_defaults_and_strategy_lists() {
+        let a = shop(&[]).expect("parses");
+        assert_eq!(a.connections, 6000);
+        assert_eq!(a.read_ratio, 0.8);
+        assert_eq!(a.strategies, StrategyList(vec!["batched".into()]));
+        assert_eq!(a.pgbench, Toggle::Auto);
+        assert_eq!(a.pgbench_clients, 64);
+        let a = shop(&["--strategies", "all", "--spawn"]).expect("parses");
+        assert_eq!(a.strategies.0.len(), 5);
+        let a = shop(&["--strategies", "row-lock, batched,row-lock"]).expect("parses");
+        assert_eq!(a.strategies.0, vec!["row-lock", "batched"]);
+        let a = shop(&["--shop-env", "SHOP_DB_POOL_SIZE=32"]).expect("parses");
+        assert_eq!(a.shop_env, vec![("SHOP_DB_POOL_SIZE".into(), "32".into())]);
+        assert!(shop(&["--strategies", "fastest"]).is_err());
+        assert!(shop(&["--connections", "0"]).is_err());
+        assert!(shop(&["--connections", "10001"]).is_err());
+        assert!(shop(&["--stock", "0"]).is_err());
+        assert!(shop(&["--shop-env", "=x"]).is_err());
+        assert!(shop(&["--target", "http://h:1", "--spawn"]).is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `bulwark bench`: a load generator for the CAP service's HTTP API.
+//! `bulwark bench`: load generators for the CAP service's HTTP API (`bench kv`) and the
+//! commerce service (`bench shop`, see [`shop_report`] and `shop`).
 //!
 //! Measured the way wrk2 and HdrHistogram users do:
 //!
@@ -13,26 +14,36 @@
 //!   URIs prepared before the clock starts.
 //!
 //! Modules, in the order a run uses them: [`args`] (flags), `workload` (pre-built requests),
-//! `schedule` (open-loop arithmetic), `measure` (client, workers, histograms), `progress`
-//! (stderr bars), `replica_down` (supervisor orchestration), [`report`] (results, table).
+//! `schedule` (open-loop arithmetic), `measure` (client, workers, histograms; the phase
+//! runner is generic over a `Driver` and a `Recorder`), `progress` (stderr bars),
+//! `replica_down` (supervisor orchestration), [`report`] (results, table). `bench shop`
+//! adds `shop` (the sale: driver, recorder, orchestration), `spawn` (child shops, memory,
+//! connections), `pgbench` (the baseline) and [`shop_report`] (results, invariant checks,
+//! tables).
 
 #![forbid(unsafe_code)]
 
 pub mod args;
 mod measure;
+mod pgbench;
 mod progress;
 mod replica_down;
 pub mod report;
 mod schedule;
+mod shop;
+pub mod shop_report;
+mod spawn;
 mod workload;
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
-pub use args::{BenchArgs, BenchCommand, KvArgs};
+pub use args::{BenchArgs, BenchCommand, KvArgs, ShopBenchArgs};
 pub use replica_down::ReplicaDownError;
 pub use report::{BenchReport, ScenarioResult};
+pub use shop::run_shop;
+pub use shop_report::{ShopReport, StrategyRun};
 pub use workload::WorkloadError;
 
 use args::{Op, Scenario, Target};
@@ -57,6 +68,33 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 println!("{json}");
             } else {
                 print!("{}", render_table(&report.results));
+            }
+            Ok(())
+        }
+        BenchCommand::Shop(shop) => {
+            let report = run_shop(&shop).await?;
+            let json = serde_json::to_string_pretty(&report)?;
+            if let Some(path) = &shop.output {
+                std::fs::write(path, format!("{json}\n"))
+                    .with_context(|| format!("writing results to {}", path.display()))?;
+            }
+            if shop.json {
+                println!("{json}");
+            } else {
+                print!("{}", shop_report::render_shop(&report));
+            }
+            let violated: Vec<String> = report
+                .runs
+                .iter()
+                .flat_map(|r| {
+                    r.invariants
+                        .iter()
+                        .filter(|c| !c.ok)
+                        .map(move |c| format!("{} {}", r.strategy, c.name))
+                })
+                .collect();
+            if !violated.is_empty() {
+                anyhow::bail!("invariant violated: {}", violated.join(", "));
             }
             Ok(())
         }
@@ -183,14 +221,14 @@ impl Runner<'_> {
         if !args.warmup.is_zero() {
             bar.phase("warm-up", args.warmup);
             self.seed += 1;
-            measure::run_phase(ctx, args.warmup, self.seed, live, |l| {
+            measure::run_phase(ctx, ctx.load(), args.warmup, self.seed, live, |l| {
                 bar.tick("warm-up", &l)
             })
             .await;
         }
         bar.phase("measuring", args.duration);
         self.seed += 1;
-        let phase = measure::run_phase(ctx, args.duration, self.seed, live, |l| {
+        let phase = measure::run_phase(ctx, ctx.load(), args.duration, self.seed, live, |l| {
             bar.tick("measuring", &l)
         })
         .await;

@@ -132,7 +132,7 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Stats {
             // Auto-resizing, 3 significant digits: memory grows with the largest latency
             // actually seen instead of being reserved for an hour up front.
@@ -146,7 +146,7 @@ impl Stats {
     }
 
     /// Records one finished request.
-    fn record(&mut self, outcome: Outcome, latency: Duration) {
+    pub(crate) fn record(&mut self, outcome: Outcome, latency: Duration) {
         match outcome {
             Outcome::Status(code) => {
                 let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
@@ -173,7 +173,7 @@ impl Stats {
     }
 
     /// Adds `other` into `self`.
-    fn merge(&mut self, other: &Stats) {
+    pub(crate) fn merge(&mut self, other: &Stats) {
         // Auto-resizing histograms accept any other histogram's values.
         let _ = self.hist.add(&other.hist);
         self.ok += other.ok;
@@ -227,6 +227,7 @@ impl Stats {
             mean: h.mean(),
             p50: h.value_at_quantile(0.50),
             p90: h.value_at_quantile(0.90),
+            p95: h.value_at_quantile(0.95),
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max(),
@@ -247,6 +248,63 @@ pub(crate) struct Live {
     pub(crate) p99_us: u64,
 }
 
+/// What a phase's workers record into: one per stripe, merged for live figures and at
+/// the end. [`Stats`] for `bench kv`; the shop bench keeps one per operation.
+pub(crate) trait Recorder: Send + 'static {
+    /// How one request ended, as the driver reports it.
+    type Outcome: Send;
+    /// An empty recorder.
+    fn empty() -> Self;
+    /// Records one finished request and its latency.
+    fn record(&mut self, outcome: Self::Outcome, latency: Duration);
+    /// Adds `other` into `self`.
+    fn merge(&mut self, other: &Self);
+    /// Counts scheduled requests that were never sent (open loop).
+    fn add_missed(&mut self, n: u64);
+    /// The figures the progress display shows.
+    fn live(&self, elapsed: Duration) -> Live;
+}
+
+/// What a phase sends: one request per call, with its outcome.
+pub(crate) trait Driver: Send + Sync + 'static {
+    /// What the workers record into.
+    type Rec: Recorder;
+    /// Sends one request (chosen with `rng`) and waits for its outcome.
+    fn fire(
+        &self,
+        rng: &mut Rng,
+    ) -> impl std::future::Future<Output = <Self::Rec as Recorder>::Outcome> + Send;
+}
+
+impl Recorder for Stats {
+    type Outcome = Outcome;
+
+    fn empty() -> Self {
+        Stats::new()
+    }
+
+    fn record(&mut self, outcome: Outcome, latency: Duration) {
+        Stats::record(self, outcome, latency);
+    }
+
+    fn merge(&mut self, other: &Self) {
+        Stats::merge(self, other);
+    }
+
+    fn add_missed(&mut self, n: u64) {
+        self.missed += n;
+    }
+
+    fn live(&self, elapsed: Duration) -> Live {
+        Live {
+            elapsed,
+            requests: self.requests(),
+            errors: self.errors.total(),
+            p99_us: self.latency().p99,
+        }
+    }
+}
+
 /// Everything a worker needs; shared by all workers of a phase.
 #[derive(Debug)]
 pub(crate) struct Ctx {
@@ -260,10 +318,39 @@ pub(crate) struct Ctx {
     pub(crate) timeout: Duration,
 }
 
+impl Driver for Ctx {
+    type Rec = Stats;
+
+    async fn fire(&self, rng: &mut Rng) -> Outcome {
+        let req = self.workload.next_request(rng);
+        send(&self.client, req, self.timeout).await
+    }
+}
+
+/// How a phase applies load: closed loop (`rate: None`) with `workers` workers, or open
+/// loop at `rate` requests/s with at most `workers` in flight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Load {
+    pub(crate) workers: u32,
+    pub(crate) rate: Option<f64>,
+    /// Per-request timeout (an open loop gives up on slots one timeout after the end).
+    pub(crate) timeout: Duration,
+}
+
+impl Ctx {
+    pub(crate) fn load(&self) -> Load {
+        Load {
+            workers: self.concurrency,
+            rate: self.rate,
+            timeout: self.timeout,
+        }
+    }
+}
+
 /// The result of one phase.
 #[derive(Debug)]
-pub(crate) struct PhaseResult {
-    pub(crate) stats: Stats,
+pub(crate) struct PhaseResult<R = Stats> {
+    pub(crate) stats: R,
     /// From the phase start to the last response.
     pub(crate) elapsed: Duration,
 }
@@ -283,36 +370,37 @@ enum Plan {
 
 /// Runs one phase of `duration`, calling `on_tick` with live figures every [`TICK`] when
 /// `live` is set (computing live percentiles costs a histogram merge per tick).
-pub(crate) async fn run_phase(
-    ctx: &Arc<Ctx>,
+pub(crate) async fn run_phase<D: Driver>(
+    driver: &Arc<D>,
+    load: Load,
     duration: Duration,
     seed: u64,
     live: bool,
     mut on_tick: impl FnMut(Live),
-) -> PhaseResult {
-    let workers = u64::from(ctx.concurrency.max(1));
-    let stripes: Vec<Arc<Mutex<Stats>>> = (0..(workers as usize).min(MAX_STRIPES))
-        .map(|_| Arc::new(Mutex::new(Stats::new())))
+) -> PhaseResult<D::Rec> {
+    let workers = u64::from(load.workers.max(1));
+    let stripes: Vec<Arc<Mutex<D::Rec>>> = (0..(workers as usize).min(MAX_STRIPES))
+        .map(|_| Arc::new(Mutex::new(D::Rec::empty())))
         .collect();
     let start = Instant::now();
-    let plan = match ctx.rate {
+    let plan = match load.rate {
         None => Plan::Closed {
             end: start + duration,
         },
         Some(rate) => Plan::Open {
             start,
             schedule: Schedule::new(rate, duration),
-            hard_stop: start + duration + ctx.timeout,
+            hard_stop: start + duration + load.timeout,
         },
     };
     let mut set = JoinSet::new();
     for w in 0..workers {
         let stripe = Arc::clone(&stripes[w as usize % stripes.len()]);
-        let ctx = Arc::clone(ctx);
+        let driver = Arc::clone(driver);
         let rng = Rng::new(seed ^ w.wrapping_mul(0x2545_F491_4F6C_DD1D));
         set.spawn(async move {
             match plan {
-                Plan::Closed { end } => closed_worker(&ctx, &stripe, rng, end).await,
+                Plan::Closed { end } => closed_worker(&*driver, &stripe, rng, end).await,
                 Plan::Open {
                     start,
                     schedule,
@@ -325,7 +413,7 @@ pub(crate) async fn run_phase(
                         step: workers,
                         hard_stop,
                     };
-                    open_worker(&ctx, &stripe, rng, slots).await;
+                    open_worker(&*driver, &stripe, rng, slots).await;
                 }
             }
         });
@@ -339,13 +427,7 @@ pub(crate) async fn run_phase(
                 }
             }
             _ = ticker.tick(), if live => {
-                let total = merge(&stripes);
-                on_tick(Live {
-                    elapsed: start.elapsed(),
-                    requests: total.requests(),
-                    errors: total.errors.total(),
-                    p99_us: total.latency().p99,
-                });
+                on_tick(merge(&stripes).live(start.elapsed()));
             }
         }
     }
@@ -355,19 +437,18 @@ pub(crate) async fn run_phase(
     }
 }
 
-fn merge(stripes: &[Arc<Mutex<Stats>>]) -> Stats {
-    let mut total = Stats::new();
+fn merge<R: Recorder>(stripes: &[Arc<Mutex<R>>]) -> R {
+    let mut total = R::empty();
     for s in stripes {
         total.merge(&s.lock().unwrap_or_else(PoisonError::into_inner));
     }
     total
 }
 
-async fn closed_worker(ctx: &Ctx, stripe: &Mutex<Stats>, mut rng: Rng, end: Instant) {
+async fn closed_worker<D: Driver>(driver: &D, stripe: &Mutex<D::Rec>, mut rng: Rng, end: Instant) {
     while Instant::now() < end {
-        let req = ctx.workload.next_request(&mut rng);
         let sent = Instant::now();
-        let outcome = send(&ctx.client, req, ctx.timeout).await;
+        let outcome = driver.fire(&mut rng).await;
         let latency = sent.elapsed();
         stripe
             .lock()
@@ -386,13 +467,16 @@ struct Slots {
     hard_stop: Instant,
 }
 
-async fn open_worker(ctx: &Ctx, stripe: &Mutex<Stats>, mut rng: Rng, slots: Slots) {
+async fn open_worker<D: Driver>(driver: &D, stripe: &Mutex<D::Rec>, mut rng: Rng, slots: Slots) {
     let total = slots.schedule.total();
     let mut i = slots.first;
     while i < total {
         if Instant::now() >= slots.hard_stop {
             let missed = remaining(i, slots.step, total);
-            stripe.lock().unwrap_or_else(PoisonError::into_inner).missed += missed;
+            stripe
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add_missed(missed);
             return;
         }
         let intended = slots.start + slots.schedule.offset(i);
@@ -406,8 +490,7 @@ async fn open_worker(ctx: &Ctx, stripe: &Mutex<Stats>, mut rng: Rng, slots: Slot
         } else {
             intended
         };
-        let req = ctx.workload.next_request(&mut rng);
-        let outcome = send(&ctx.client, req, ctx.timeout).await;
+        let outcome = driver.fire(&mut rng).await;
         let latency = from.elapsed();
         stripe
             .lock()
@@ -503,6 +586,7 @@ mod tests {
         assert_eq!(l.count, 1000);
         assert_eq!(l.p50, 500);
         assert_eq!(l.p90, 900);
+        assert_eq!(l.p95, 950);
         assert_eq!(l.p99, 990);
         assert_eq!(l.p999, 999);
         assert_eq!(l.max, 1000);

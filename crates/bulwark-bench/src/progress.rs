@@ -98,6 +98,11 @@ impl ScenarioBar {
         ));
     }
 
+    /// Replaces the bar with a final line.
+    pub(crate) fn done(&self, message: &str) {
+        self.bar.finish_with_message(format!("done: {message}"));
+    }
+
     /// Leaves the bar with an error message.
     pub(crate) fn abandon(&self, why: &str) {
         self.bar.abandon_with_message(why.to_owned());

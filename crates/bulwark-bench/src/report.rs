@@ -118,6 +118,9 @@ pub struct LatencySummary {
     pub p50: u64,
     /// 90th percentile.
     pub p90: u64,
+    /// 95th percentile (absent from documents written before it was added).
+    #[serde(default)]
+    pub p95: u64,
     /// 99th percentile.
     pub p99: u64,
     /// 99.9th percentile.
@@ -242,6 +245,7 @@ mod tests {
                 mean: 1500.0,
                 p50: 1000,
                 p90: 2000,
+                p95: 2500,
                 p99: 3000,
                 p999: 3000,
                 max: 3001,

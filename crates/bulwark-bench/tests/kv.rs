@@ -116,6 +116,7 @@ fn kv_args(argv: &[&str]) -> KvArgs {
     full.extend_from_slice(argv);
     match Cli::try_parse_from(full).expect("valid flags").command {
         BenchCommand::Kv(a) => a,
+        BenchCommand::Shop(_) => unreachable!("parsed `bench kv`"),
     }
 }
 

@@ -23,6 +23,9 @@ const NATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Outbox rows per relay round.
 const ROWS_PER_ROUND: i64 = 64;
+/// Pause after a round that relayed something (bounds the relay to one round per few
+/// milliseconds under load; a backlog still drains at 64 rows per round).
+const RELAY_LINGER: Duration = Duration::from_millis(5);
 
 /// Where events go.
 #[derive(Debug, Clone)]
@@ -223,6 +226,13 @@ impl Outbox {
                 }
                 Ok(_) => {
                     failures = 0;
+                    // Under load every purchase wakes the relay: without a pause it would
+                    // run a fetch and a delete per committed transaction. A short linger
+                    // lets the rows of several transactions go in one round.
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = tokio::time::sleep(RELAY_LINGER) => {}
+                    }
                     continue;
                 }
                 Err(_) => {
