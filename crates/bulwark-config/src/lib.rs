@@ -95,6 +95,25 @@ impl Settings {
         Ok(s)
     }
 
+    /// What a service's command line starts from: the config file named by `--config` (or
+    /// `BULWARK_CONFIG`), `.env` and the environment, loaded as by [`Settings::load`], then
+    /// each flag that was given (`(setting name, value)`) on top of them.
+    pub fn for_command_line(
+        config_flag: Option<&Path>,
+        flags: &[(&str, &Option<String>)],
+    ) -> Result<Settings, ConfigError> {
+        let file = config_flag
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("BULWARK_CONFIG").map(std::path::PathBuf::from));
+        let mut s = Settings::load(file.as_deref())?;
+        for (name, value) in flags {
+            if let Some(v) = value {
+                s.set(name, v.clone());
+            }
+        }
+        Ok(s)
+    }
+
     /// Settings from explicit pairs only (tests, embedding).
     pub fn from_pairs<K: AsRef<str>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,

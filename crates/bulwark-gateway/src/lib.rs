@@ -70,11 +70,6 @@ pub struct GatewayArgs {
 impl GatewayArgs {
     /// The merged settings: flags over environment over `.env` over the config file.
     pub fn settings(&self) -> Result<Settings, bulwark_config::ConfigError> {
-        let file = self
-            .config
-            .clone()
-            .or_else(|| std::env::var_os("BULWARK_CONFIG").map(PathBuf::from));
-        let mut s = Settings::load(file.as_deref())?;
         let flags = [
             ("MODE", &self.mode),
             ("PORT", &self.port),
@@ -83,12 +78,7 @@ impl GatewayArgs {
             ("REPLICAS", &self.replicas),
             ("BACKEND", &self.backend),
         ];
-        for (name, value) in flags {
-            if let Some(v) = value {
-                s.set(name, v.clone());
-            }
-        }
-        Ok(s)
+        Settings::for_command_line(self.config.as_deref(), &flags)
     }
 }
 

@@ -95,11 +95,6 @@ pub struct ShopArgs {
 impl ShopArgs {
     /// The merged settings: flags over environment over `.env` over the config file.
     pub fn settings(&self) -> Result<Settings, bulwark_config::ConfigError> {
-        let file = self
-            .config
-            .clone()
-            .or_else(|| std::env::var_os("BULWARK_CONFIG").map(PathBuf::from));
-        let mut s = Settings::load(file.as_deref())?;
         let flags = [
             ("SHOP_BIND", &self.bind),
             ("SHOP_PORT", &self.port),
@@ -115,12 +110,7 @@ impl ShopArgs {
             ("SHOP_PAYMENT_SEED", &self.payment_seed),
             ("SHOP_MAX_IN_FLIGHT", &self.max_in_flight),
         ];
-        for (name, value) in flags {
-            if let Some(v) = value {
-                s.set(name, v.clone());
-            }
-        }
-        Ok(s)
+        Settings::for_command_line(self.config.as_deref(), &flags)
     }
 }
 
