@@ -1,7 +1,7 @@
-//! The HTTP surface (docs/SHOP_CONTRACT in the briefs; SPEC SHOP-1 … SHOP-6): catalog,
-//! purchase, orders, admin, health, metrics, OpenAPI. The only module that knows HTTP,
-//! and the one place that maps outcomes to statuses and the structured error body
-//! `{"error":{"code","message","request_id"}}`.
+//! The HTTP surface (SPEC SHOP-1 … SHOP-6): catalog, purchase, orders, admin, health,
+//! metrics, OpenAPI. The only module that knows HTTP, and the one place that maps the
+//! shop's outcomes to statuses and error codes (the body,
+//! `{"error":{"code","message","request_id"}}`, is `bulwark_http::ApiError`'s).
 //!
 //! Middleware, in request order: request id (`X-Request-Id` from the client if sane,
 //! else generated; echoed) with the `REQUEST_COMPLETED` event and request metrics; then
@@ -18,9 +18,10 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bulwark_http::ApiError;
 use bulwark_obs::events::{Emit, RequestCompleted};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use utoipa::OpenApi as _;
 
 use crate::Shop;
@@ -33,78 +34,32 @@ use crate::store;
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
-/// An error response.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    request_id: String,
-    extra: Vec<(&'static str, Value)>,
-    retry_after: Option<u64>,
+/// 400 with `code`.
+fn bad_request(code: &'static str, message: impl Into<String>, rid: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message, rid)
 }
 
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>, rid: &str) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            request_id: rid.to_string(),
-            extra: Vec::new(),
-            retry_after: None,
-        }
-    }
-
-    fn with(mut self, field: &'static str, value: impl Into<Value>) -> Self {
-        self.extra.push((field, value.into()));
-        self
-    }
-
-    fn retry(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs);
-        self
-    }
-
-    fn bad(code: &'static str, message: impl Into<String>, rid: &str) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message, rid)
-    }
-
-    fn db(e: &DbError, rid: &str) -> Self {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            format!("{e}; nothing was applied unless a retry with the same Idempotency-Key says otherwise"),
-            rid,
-        )
-        .retry(1)
-    }
-
-    fn not_found(id: &str, rid: &str) -> Self {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "PRODUCT_NOT_FOUND",
-            format!("no product {id:?}"),
-            rid,
-        )
-    }
+/// 503: the database is unavailable (the breaker is open or the call failed).
+fn db_error(e: &DbError, rid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UNAVAILABLE",
+        format!(
+            "{e}; nothing was applied unless a retry with the same Idempotency-Key says otherwise"
+        ),
+        rid,
+    )
+    .retry(1)
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut error = Map::new();
-        error.insert("code".into(), self.code.into());
-        error.insert("message".into(), self.message.into());
-        error.insert("request_id".into(), self.request_id.into());
-        error.extend(self.extra.into_iter().map(|(k, v)| (k.to_string(), v)));
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
-        if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
-    }
+/// 404 for a product.
+fn product_not_found(id: &str, rid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "PRODUCT_NOT_FOUND",
+        format!("no product {id:?}"),
+        rid,
+    )
 }
 
 /// Builds the router.
@@ -280,7 +235,7 @@ async fn get_product(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     if !valid_id(&id) {
-        return Err(ApiError::not_found(&id, rid(&r)));
+        return Err(product_not_found(&id, rid(&r)));
     }
     let d = shop.db.dialect;
     let (details, details_hit) = match shop.cache.details(&id).await {
@@ -290,8 +245,8 @@ async fn get_product(
                 .db
                 .replica(async |c| store::product(c, d, &id, false).await)
                 .await
-                .map_err(|e| ApiError::db(&e, rid(&r)))?
-                .ok_or_else(|| ApiError::not_found(&id, rid(&r)))?;
+                .map_err(|e| db_error(&e, rid(&r)))?
+                .ok_or_else(|| product_not_found(&id, rid(&r)))?;
             shop.cache.put_details(&row.product);
             (row.product, false)
         }
@@ -303,8 +258,8 @@ async fn get_product(
                 .db
                 .replica(async |c| store::stock(c, d, &id).await)
                 .await
-                .map_err(|e| ApiError::db(&e, rid(&r)))?
-                .ok_or_else(|| ApiError::not_found(&id, rid(&r)))?;
+                .map_err(|e| db_error(&e, rid(&r)))?
+                .ok_or_else(|| product_not_found(&id, rid(&r)))?;
             shop.cache.put_stock(&id, n, version);
             (n, false)
         }
@@ -325,7 +280,7 @@ async fn get_stock(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     if !valid_id(&id) {
-        return Err(ApiError::not_found(&id, rid(&r)));
+        return Err(product_not_found(&id, rid(&r)));
     }
     let (n, hit) = match shop.cache.stock(&id).await {
         Some(n) => (n, true),
@@ -335,8 +290,8 @@ async fn get_stock(
                 .db
                 .replica(async |c| store::stock(c, d, &id).await)
                 .await
-                .map_err(|e| ApiError::db(&e, rid(&r)))?
-                .ok_or_else(|| ApiError::not_found(&id, rid(&r)))?;
+                .map_err(|e| db_error(&e, rid(&r)))?
+                .ok_or_else(|| product_not_found(&id, rid(&r)))?;
             shop.cache.put_stock(&id, n, version);
             (n, false)
         }
@@ -368,23 +323,19 @@ async fn list_products(
             .parse()
             .ok()
             .filter(|n| (1..=200).contains(n))
-            .ok_or_else(|| ApiError::bad("INVALID_REQUEST", "limit must be 1 to 200", rid(&r)))?,
+            .ok_or_else(|| bad_request("INVALID_REQUEST", "limit must be 1 to 200", rid(&r)))?,
     };
     if let Some(c) = &page.cursor
         && !valid_id(c)
     {
-        return Err(ApiError::bad(
-            "INVALID_REQUEST",
-            "malformed cursor",
-            rid(&r),
-        ));
+        return Err(bad_request("INVALID_REQUEST", "malformed cursor", rid(&r)));
     }
     let d = shop.db.dialect;
     let items = shop
         .db
         .replica(async |c| store::list_products(c, d, page.cursor.as_deref(), limit).await)
         .await
-        .map_err(|e| ApiError::db(&e, rid(&r)))?
+        .map_err(|e| db_error(&e, rid(&r)))?
         .into_iter()
         .map(|row| row.product)
         .collect::<Vec<_>>();
@@ -489,7 +440,7 @@ async fn purchase(
     };
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => {
-            return Err(ApiError::bad(
+            return Err(bad_request(
                 "INVALID_REQUEST",
                 "the Idempotency-Key header is required",
                 rid,
@@ -501,7 +452,7 @@ async fn purchase(
             k.to_string()
         }
         Some(_) => {
-            return Err(ApiError::bad(
+            return Err(bad_request(
                 "INVALID_REQUEST",
                 "Idempotency-Key must be 1 to 128 visible ASCII characters",
                 rid,
@@ -512,7 +463,7 @@ async fn purchase(
         Ok(axum::Json(b)) => b,
         // A quantity of the wrong type or out of range (not a missing one).
         Err(JsonRejection::JsonDataError(e)) if e.body_text().contains("quantity: ") => {
-            return Err(ApiError::bad(
+            return Err(bad_request(
                 "INVALID_QUANTITY",
                 format!("quantity must be an integer from 1 to {MAX_QUANTITY}"),
                 rid,
@@ -534,18 +485,18 @@ async fn purchase(
         }
     };
     if !(1..=MAX_QUANTITY).contains(&body.quantity) {
-        return Err(ApiError::bad(
+        return Err(bad_request(
             "INVALID_QUANTITY",
             format!("quantity must be an integer from 1 to {MAX_QUANTITY}"),
             rid,
         ));
     }
     if !valid_id(&body.product_id) {
-        return Err(ApiError::not_found(&body.product_id, rid));
+        return Err(product_not_found(&body.product_id, rid));
     }
     let customer = body.customer_id.unwrap_or_else(|| "anonymous".into());
     if customer.is_empty() || customer.len() > MAX_ID_LEN {
-        return Err(ApiError::bad(
+        return Err(bad_request(
             "INVALID_REQUEST",
             format!("customer_id must be 1 to {MAX_ID_LEN} characters"),
             rid,
@@ -598,14 +549,14 @@ async fn purchase(
                 rid,
             ))
         }
-        Reserve::NotFound => Err(ApiError::not_found(&product, rid)),
+        Reserve::NotFound => Err(product_not_found(&product, rid)),
         Reserve::Overloaded => {
             count("overloaded");
             Err(overloaded(shop.config.queue_per_product, rid))
         }
         Reserve::Unavailable(e) => {
             count("unavailable");
-            Err(ApiError::db(&DbError::Unavailable(e), rid))
+            Err(db_error(&DbError::Unavailable(e), rid))
         }
     }
 }
@@ -648,7 +599,7 @@ async fn load_order(shop: &Shop, id: &str, rid: &str) -> Result<Order, ApiError>
     shop.db
         .primary(async |c| store::order(c, d, id).await)
         .await
-        .map_err(|e| ApiError::db(&e, rid))?
+        .map_err(|e| db_error(&e, rid))?
         .ok_or_else(not_found)
 }
 
@@ -695,7 +646,7 @@ async fn seed(
 ) -> Result<Response, ApiError> {
     let rid = rid(&r);
     let body = body
-        .map_err(|e| ApiError::bad("INVALID_REQUEST", e.body_text(), rid))?
+        .map_err(|e| bad_request("INVALID_REQUEST", e.body_text(), rid))?
         .0;
     if body.products.len() > 10_000 {
         return Err(ApiError::new(
@@ -708,14 +659,14 @@ async fn seed(
     }
     for p in &body.products {
         if !valid_id(&p.id) {
-            return Err(ApiError::bad(
+            return Err(bad_request(
                 "INVALID_REQUEST",
                 format!("product id {:?}: 1 to 128 of [A-Za-z0-9-_.:]", p.id),
                 rid,
             ));
         }
         if p.name.len() > 256 || p.description.len() > 4096 {
-            return Err(ApiError::bad(
+            return Err(bad_request(
                 "INVALID_REQUEST",
                 format!("product {}: name ≤ 256 and description ≤ 4096 bytes", p.id),
                 rid,
@@ -724,7 +675,7 @@ async fn seed(
         if !(0..=1_000_000_000_000).contains(&p.stock)
             || !(0..=1_000_000_000).contains(&p.price_cents)
         {
-            return Err(ApiError::bad(
+            return Err(bad_request(
                 "INVALID_REQUEST",
                 format!("product {}: stock 0–10^12 and price_cents 0–10^9", p.id),
                 rid,
@@ -764,7 +715,7 @@ async fn seed(
     shop.db
         .tx(async |c| store::seed(c, d, &products, reset).await)
         .await
-        .map_err(|e| ApiError::db(&e, rid))?;
+        .map_err(|e| db_error(&e, rid))?;
     if reset {
         shop.cache.clear();
     }
@@ -777,7 +728,7 @@ async fn seed(
     shop.inventory
         .load_redis(&stocks)
         .await
-        .map_err(|e| ApiError::db(&DbError::Unavailable(format!("redis: {e}")), rid))?;
+        .map_err(|e| db_error(&DbError::Unavailable(format!("redis: {e}")), rid))?;
     Ok(axum::Json(json!({"seeded": products.len()})).into_response())
 }
 
@@ -791,13 +742,13 @@ async fn audit(
 ) -> Result<Response, ApiError> {
     let rid = rid(&r);
     if !valid_id(&id) {
-        return Err(ApiError::not_found(&id, rid));
+        return Err(product_not_found(&id, rid));
     }
     let cached = shop.cache.peek_stock(&id);
     let a = crate::reconcile::audit(&shop.db, &id)
         .await
-        .map_err(|e| ApiError::db(&e, rid))?
-        .ok_or_else(|| ApiError::not_found(&id, rid))?;
+        .map_err(|e| db_error(&e, rid))?
+        .ok_or_else(|| product_not_found(&id, rid))?;
     let report = crate::reconcile::Report::of(&id, &a, cached);
     let redis_stock = shop.inventory.redis_stock(&id).await;
     let count = |s: &str| a.orders.get(s).copied().unwrap_or(0);
@@ -864,7 +815,7 @@ async fn retry_order(
             "no such order",
             rid,
         )),
-        Err(e) => Err(ApiError::db(&e, rid)),
+        Err(e) => Err(db_error(&e, rid)),
     }
 }
 
@@ -878,7 +829,7 @@ async fn dead_letters(
         .db
         .primary(async |c| store::failed_orders(c, d, 1000).await)
         .await
-        .map_err(|e| ApiError::db(&e, rid(&r)))?;
+        .map_err(|e| db_error(&e, rid(&r)))?;
     let items: Vec<Value> = ids.iter().map(|o| order_detail(&shop, o)).collect();
     Ok(axum::Json(json!({"items": items})).into_response())
 }
@@ -888,10 +839,7 @@ async fn reconcile(
     State(shop): State<Arc<Shop>>,
     r: axum::Extension<RequestId>,
 ) -> Result<Response, ApiError> {
-    let reports = shop
-        .reconcile()
-        .await
-        .map_err(|e| ApiError::db(&e, rid(&r)))?;
+    let reports = shop.reconcile().await.map_err(|e| db_error(&e, rid(&r)))?;
     Ok(axum::Json(json!({"products": reports})).into_response())
 }
 
@@ -908,7 +856,7 @@ async fn payment_provider(
     body: Result<axum::Json<ProviderSwitch>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let body = body
-        .map_err(|e| ApiError::bad("INVALID_REQUEST", e.body_text(), rid(&r)))?
+        .map_err(|e| bad_request("INVALID_REQUEST", e.body_text(), rid(&r)))?
         .0;
     shop.saga.payments().set_available(body.available);
     Ok(axum::Json(json!({"available": body.available})).into_response())
@@ -927,6 +875,6 @@ async fn replica(
         .db
         .replica(async |c| store::replica_lag_ms(c, d).await)
         .await
-        .map_err(|e| ApiError::db(&e, rid(&r)))?;
+        .map_err(|e| db_error(&e, rid(&r)))?;
     Ok(axum::Json(json!({"configured": true, "lag_ms": lag})).into_response())
 }

@@ -28,7 +28,7 @@ use bulwark_core::Version;
 use bulwark_obs::events::{Emit, RequestCompleted};
 use serde_json::{Map, Value, json};
 
-pub use error::ApiError;
+pub use error::{ApiError, limit_error, read_error, write_error};
 
 use crate::engine::{Engine, ReadResult, WriteOutcome};
 use crate::mode::Mode;
@@ -294,7 +294,7 @@ fn write_response(
     outcome: WriteOutcome,
     rid: &str,
 ) -> Response {
-    if let Some(err) = ApiError::from_write(&outcome, rid) {
+    if let Some(err) = write_error(&outcome, rid) {
         return err.into_response();
     }
     let WriteOutcome::Committed {

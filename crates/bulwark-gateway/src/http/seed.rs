@@ -11,7 +11,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::{ApiError, AppState, RequestId, read_fields, session, value_fields, write_response};
+use super::{
+    ApiError, AppState, RequestId, limit_error, read_error, read_fields, session, value_fields,
+    write_response,
+};
 
 /// A path that is not valid UTF-8 after percent-decoding, or otherwise unusable.
 pub(super) fn bad_path(e: PathRejection, rid: &str) -> ApiError {
@@ -40,7 +43,7 @@ pub async fn write(
         .check_key(key.as_bytes())
         .and(limits.check_value(value.as_bytes()))
     {
-        return ApiError::limit(e, &rid).into_response();
+        return limit_error(e, &rid).into_response();
     }
     let mode = state.engine.config.mode;
     let outcome = state
@@ -63,7 +66,7 @@ pub async fn read(
         Err(e) => return bad_path(e, &rid).into_response(),
     };
     if let Err(e) = state.engine.config.limits.check_key(key.as_bytes()) {
-        return ApiError::limit(e, &rid).into_response();
+        return limit_error(e, &rid).into_response();
     }
     let mode = state.engine.config.mode;
     let required = session(&state, &headers).required(&key);
@@ -73,7 +76,7 @@ pub async fn read(
         .await
     {
         Ok(r) => r,
-        Err(e) => return ApiError::from_read(e, &rid).into_response(),
+        Err(e) => return read_error(e, &rid).into_response(),
     };
     let mut body = Map::new();
     body.insert("key".into(), key.clone().into());

@@ -16,8 +16,8 @@ use crate::mode::Mode;
 
 use super::seed::bad_path;
 use super::{
-    ApiError, AppState, RequestId, read_fields, requested_mode, session, value_fields,
-    version_header, write_response,
+    ApiError, AppState, RequestId, limit_error, read_error, read_fields, requested_mode, session,
+    value_fields, version_header, write_response,
 };
 
 /// Query parameters of `/v1/kv/{key}`.
@@ -61,7 +61,7 @@ fn checked_key(
         .config
         .limits
         .check_key(key.as_bytes())
-        .map_err(|e| ApiError::limit(e, rid))?;
+        .map_err(|e| limit_error(e, rid))?;
     Ok(key)
 }
 
@@ -98,7 +98,7 @@ pub async fn get(
         .await
     {
         Ok(r) => r,
-        Err(e) => return ApiError::from_read(e, &rid).into_response(),
+        Err(e) => return read_error(e, &rid).into_response(),
     };
     let Some((version, value)) = result
         .record
@@ -184,7 +184,7 @@ pub async fn put(
         body
     };
     if let Err(e) = limits.check_value(&value) {
-        return ApiError::limit(e, &rid).into_response();
+        return limit_error(e, &rid).into_response();
     }
     let outcome = state
         .engine
