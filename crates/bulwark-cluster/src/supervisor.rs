@@ -386,8 +386,8 @@ impl Supervisor {
     }
 
     /// Stops every service, applications and gateways first (they stop accepting and drain
-    /// while replicas still answer), then replicas; each gets SIGTERM and the stop timeout before SIGKILL.
-    /// Returns once every process has ended and every actor has finished.
+    /// while replicas still answer), then replicas; each gets SIGTERM and the stop timeout
+    /// before SIGKILL. Returns once every process has ended and every actor has finished.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         for kind in [
