@@ -13,13 +13,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bulwark_http::ApiError;
-use bulwark_obs::events::{Emit, RequestCompleted};
+use bulwark_http::{ApiError, Observed, observe};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::OpenApi as _;
@@ -30,9 +29,7 @@ use crate::inventory::Reserve;
 use crate::model::{MAX_ID_LEN, MAX_QUANTITY, Order, Product, PurchaseRequest, Step, reason};
 use crate::store;
 
-/// The correlation id of a request, set by the middleware.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
+pub use bulwark_http::RequestId;
 
 /// 400 with `code`.
 fn bad_request(code: &'static str, message: impl Into<String>, rid: &str) -> ApiError {
@@ -90,45 +87,16 @@ pub fn router(shop: Arc<Shop>) -> Router {
         .route("/v1/admin/replica", get(replica))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn_with_state(
+            Observed {
+                mode: "SHOP",
+                operation,
+                // A flash sale is mostly successful reads and sold-out purchases.
+                routine: |op, status| op == "health" || status < 300 || status == 409,
+            },
+            observe,
+        ))
         .with_state(shop)
-}
-
-/// Request id, then `REQUEST_COMPLETED` with latency.
-async fn observe(mut req: Request, next: Next) -> Response {
-    let started = tokio::time::Instant::now();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let operation = operation(
-        &method,
-        req.extensions().get::<MatchedPath>().map(|m| m.as_str()),
-    );
-    req.extensions_mut().insert(RequestId(request_id.clone()));
-    let mut response = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", v);
-    }
-    let status = response.status().as_u16();
-    RequestCompleted {
-        request_id: &request_id,
-        mode: "SHOP",
-        operation,
-        method: method.as_str(),
-        path: &path,
-        status,
-        latency: started.elapsed(),
-        // A flash sale is mostly successful reads and sold-out purchases.
-        routine: operation == "health" || status < 300 || status == 409,
-    }
-    .emit();
-    response
 }
 
 /// The metric label for a route.

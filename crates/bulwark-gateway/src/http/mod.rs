@@ -19,13 +19,13 @@ mod v1;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bulwark_core::Version;
-use bulwark_obs::events::{Emit, RequestCompleted};
+use bulwark_http::{Observed, observe};
 use serde_json::{Map, Value, json};
 
 pub use error::{ApiError, limit_error, read_error, write_error};
@@ -45,9 +45,7 @@ pub struct AppState {
     pub in_flight: tokio::sync::Semaphore,
 }
 
-/// The correlation id of a request, set by the middleware.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
+pub use bulwark_http::RequestId;
 
 /// Builds the router.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -78,45 +76,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), shed))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(
+            Observed {
+                mode: state.engine.config.mode.as_str(),
+                operation,
+                // Health checks arrive every few seconds from supervisors and load
+                // balancers; they would drown the request log.
+                routine: |op, _| op == "health",
+            },
+            observe,
+        ))
         .with_state(state)
-}
-
-/// Request id, then `REQUEST_COMPLETED` with latency.
-async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let started = tokio::time::Instant::now();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let operation = operation(
-        &method,
-        req.extensions().get::<MatchedPath>().map(|m| m.as_str()),
-    );
-    req.extensions_mut().insert(RequestId(request_id.clone()));
-    let mut response = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", v);
-    }
-    RequestCompleted {
-        request_id: &request_id,
-        mode: state.engine.config.mode.as_str(),
-        operation,
-        method: method.as_str(),
-        path: &path,
-        status: response.status().as_u16(),
-        latency: started.elapsed(),
-        // Health checks arrive every few seconds from supervisors and load balancers;
-        // they would drown the request log.
-        routine: operation == "health",
-    }
-    .emit();
-    response
 }
 
 /// Sheds data requests beyond `MAX_IN_FLIGHT` instead of queueing them.
