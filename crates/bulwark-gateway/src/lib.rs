@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use bulwark_config::Settings;
 use bulwark_obs::events::{Emit, ServiceStarted, ShutdownEvent};
 use tokio::net::TcpListener;
@@ -178,18 +177,16 @@ pub async fn serve(
     });
 
     let app = http::router(state.clone());
-    // Responses are small and latency is the point: no Nagle delay on the client socket.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    // HTTP/1.1 keep-alive, TCP_NODELAY (responses are small and latency is the point),
+    // graceful drain once `graceful` resolves.
+    let server = bulwark_http::serve_http1(listener, app, graceful);
     let deadline = config.shutdown_timeout;
     let drain_deadline = async {
         let _ = signal_rx.wait_for(Option::is_some).await;
         tokio::time::sleep(deadline).await;
     };
     tokio::select! {
-        res = server => res.context("HTTP server failed")?,
+        () = server => {}
         () = drain_deadline => tracing::warn!(event = "SHUTDOWN_DEADLINE", message = "in-flight requests did not finish in time"),
     }
     let _ = stop_tx.send(true);

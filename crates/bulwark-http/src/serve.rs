@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 /// This is `axum::serve` without HTTP/2 detection and upgrades, which thousands of
 /// keep-alive connections (a flash sale's) pay for in memory: measured with 6,000 open
 /// connections, a plain axum server held ~19 KB per connection and this loop ~12 KB
-/// (docs/BENCHMARKS.md). A slow client gets 30 s to send its request head.
+/// (docs/BENCHMARKS.md). Every connection gets `TCP_NODELAY` (answers are small and
+/// latency is the point); a slow client gets 30 s to send its request head.
 pub async fn serve_http1(
     listener: TcpListener,
     app: axum::Router,
