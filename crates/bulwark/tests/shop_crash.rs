@@ -26,6 +26,9 @@ impl Shop {
             .args(["--payment-latency-ms", "200"])
             .env("LOG_LEVEL", "WARNING")
             .env("SHOP_SWEEP_INTERVAL_SEC", "1")
+            // Small batches spread the confirmations over time, so there is always a
+            // moment with some orders confirmed and others unfinished to kill in.
+            .env("SHOP_BATCH_MAX", "8")
             .env("SHOP_DB_TIMEOUT_SEC", "30")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -104,6 +107,12 @@ async fn crash_mid_load(backend: SqlBackend) {
         .expect("seed");
     assert_eq!(r.status(), 200);
 
+    // The watcher's connection is opened before the buyers start: on a loaded machine a
+    // late connect could miss the whole window in which sagas are unfinished.
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .expect("connect");
     // 400 buyers at once; the kill lands while many sagas are between their steps.
     let confirmed_before = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let buyers: Vec<_> = (0..400)
@@ -129,10 +138,6 @@ async fn crash_mid_load(backend: SqlBackend) {
         })
         .collect();
     // Kill once some purchases completed and others are durable but unfinished.
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
-        .await
-        .expect("connect");
     let pending = async |conn: &mut sqlx::AnyConnection| -> i64 {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM shop_orders WHERE status = 'PENDING'")
             .fetch_one(conn)
