@@ -30,29 +30,9 @@ else
   NODE_CMD=(target/release/examples/node)
 fi
 
-TMP=$(mktemp -d -t bench-node.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_ready() { # port
-  for _ in $(seq 1 200); do
-    if [ "$(redis-cli -h 127.0.0.1 -p "$1" PING 2>/dev/null)" = "PONG" ]; then return 0; fi
-    sleep 0.05
-  done
-  echo "bench-node: server on port $1 did not start" >&2
-  exit 1
-}
+BENCH_NAME=bench-node
+# shellcheck source=lib/bench-common.sh
+source scripts/lib/bench-common.sh
 
 stop() { # pid
   kill "$1" 2>/dev/null || true

@@ -42,29 +42,9 @@ cargo build --release -q -p bulwark-faultproxy --example copy_proxy
 BULWARK=target/release/bulwark
 COPY_PROXY=target/release/examples/copy_proxy
 
-TMP=$(mktemp -d -t bench-proxy.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_ready() { # port
-  for _ in $(seq 1 200); do
-    if [ "$(redis-cli -h 127.0.0.1 -p "$1" PING 2>/dev/null)" = "PONG" ]; then return 0; fi
-    sleep 0.05
-  done
-  echo "bench-proxy: nothing answers PING on port $1" >&2
-  exit 1
-}
+BENCH_NAME=bench-proxy
+# shellcheck source=lib/bench-common.sh
+source scripts/lib/bench-common.sh
 
 # redis-server, in memory only: the benchmark is about the proxies, not fsync.
 declare -A PORT PID

@@ -187,12 +187,7 @@ impl ReplicaClient {
         version: Version,
         value: Option<&[u8]>,
     ) -> Result<PutReply, ReplicaError> {
-        let body = value.unwrap_or_default();
-        let mut cmd = self.command(Op::Put, key, 3, body.len());
-        cmd.arg(&version_wire(version)[..])
-            .arg(tomb_flag(value))
-            .arg(body);
-        reply::put(self.exec(&cmd).await?)
+        self.versioned_write(Op::Put, key, version, value).await
     }
 
     /// First phase of a two-phase write (`BW.PREPARE`): records a pending write naming
@@ -236,8 +231,19 @@ impl ReplicaClient {
         version: Version,
         value: Option<&[u8]>,
     ) -> Result<PutReply, ReplicaError> {
+        self.versioned_write(Op::Repair, key, version, value).await
+    }
+
+    /// `BW.PUT` or `BW.REPAIR`: the same arguments and reply.
+    async fn versioned_write(
+        &self,
+        op: Op,
+        key: &[u8],
+        version: Version,
+        value: Option<&[u8]>,
+    ) -> Result<PutReply, ReplicaError> {
         let body = value.unwrap_or_default();
-        let mut cmd = self.command(Op::Repair, key, 3, body.len());
+        let mut cmd = self.command(op, key, 3, body.len());
         cmd.arg(&version_wire(version)[..])
             .arg(tomb_flag(value))
             .arg(body);

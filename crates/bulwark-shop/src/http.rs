@@ -219,24 +219,29 @@ async fn get_product(
             (row.product, false)
         }
     };
-    let (stock, stock_hit) = match shop.cache.stock(&id).await {
-        Some(n) => (n, true),
-        None => {
-            let (n, version) = shop
-                .db
-                .replica(async |c| store::stock(c, d, &id).await)
-                .await
-                .map_err(|e| db_error(&e, rid(&r)))?
-                .ok_or_else(|| product_not_found(&id, rid(&r)))?;
-            shop.cache.put_stock(&id, n, version);
-            (n, false)
-        }
-    };
+    let (stock, stock_hit) = cached_stock(&shop, &id, rid(&r)).await?;
     let body = Product { stock, ..details };
     Ok(with_cache_header(
         axum::Json(body).into_response(),
         details_hit && stock_hit,
     ))
+}
+
+/// A product's stock from the cache, else from the replica (then cached); `true` for a
+/// cache hit.
+async fn cached_stock(shop: &Shop, id: &str, rid: &str) -> Result<(i64, bool), ApiError> {
+    if let Some(n) = shop.cache.stock(id).await {
+        return Ok((n, true));
+    }
+    let d = shop.db.dialect;
+    let (n, version) = shop
+        .db
+        .replica(async |c| store::stock(c, d, id).await)
+        .await
+        .map_err(|e| db_error(&e, rid))?
+        .ok_or_else(|| product_not_found(id, rid))?;
+    shop.cache.put_stock(id, n, version);
+    Ok((n, false))
 }
 
 /// Units available (cache, TTL 5 s).
@@ -250,20 +255,7 @@ async fn get_stock(
     if !valid_id(&id) {
         return Err(product_not_found(&id, rid(&r)));
     }
-    let (n, hit) = match shop.cache.stock(&id).await {
-        Some(n) => (n, true),
-        None => {
-            let d = shop.db.dialect;
-            let (n, version) = shop
-                .db
-                .replica(async |c| store::stock(c, d, &id).await)
-                .await
-                .map_err(|e| db_error(&e, rid(&r)))?
-                .ok_or_else(|| product_not_found(&id, rid(&r)))?;
-            shop.cache.put_stock(&id, n, version);
-            (n, false)
-        }
-    };
+    let (n, hit) = cached_stock(&shop, &id, rid(&r)).await?;
     Ok(with_cache_header(
         axum::Json(json!({"product_id": id, "available": n})).into_response(),
         hit,

@@ -25,6 +25,32 @@ fn marks(n: usize) -> String {
     s
 }
 
+/// Rows of `SELECT {select} WHERE {column} IN (values){suffix}`, one statement; none
+/// when `values` is empty. (The statement's text changes with the number of values, so it
+/// is not kept prepared.)
+async fn select_in(
+    c: &mut AnyConnection,
+    d: Dialect,
+    select: &str,
+    column: &str,
+    values: &[&str],
+    suffix: &str,
+) -> Result<Vec<AnyRow>, DbError> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {select} WHERE {column} IN ({}){suffix}",
+        marks(values.len())
+    );
+    let sql = d.sql(&sql);
+    let mut q = sqlx::query(&sql).persistent(false);
+    for v in values {
+        q = q.bind(*v);
+    }
+    Ok(q.fetch_all(&mut *c).await?)
+}
+
 /// A text column. MySQL reports `TEXT` columns as `BLOB` to sqlx's `Any` driver, which
 /// then refuses to decode them as `String`; read the bytes instead.
 fn text(r: &AnyRow, col: &str) -> Result<String, DbError> {
@@ -259,19 +285,8 @@ pub async fn orders_by_keys(
     d: Dialect,
     keys: &[&str],
 ) -> Result<Vec<Order>, DbError> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT {ORDER_COLS} FROM shop_orders WHERE idempotency_key IN ({})",
-        marks(keys.len())
-    );
-    let sql = d.sql(&sql);
-    let mut q = sqlx::query(&sql).persistent(false);
-    for k in keys {
-        q = q.bind(*k);
-    }
-    let rows = q.fetch_all(&mut *c).await?;
+    let from = format!("{ORDER_COLS} FROM shop_orders");
+    let rows = select_in(c, d, &from, "idempotency_key", keys, "").await?;
     rows.iter().map(order_from_row).collect()
 }
 
@@ -282,20 +297,9 @@ pub async fn orders_by_ids(
     ids: &[&str],
     lock: bool,
 ) -> Result<Vec<Order>, DbError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT {ORDER_COLS} FROM shop_orders WHERE id IN ({}){}",
-        marks(ids.len()),
-        if lock { d.for_update() } else { "" }
-    );
-    let sql = d.sql(&sql);
-    let mut q = sqlx::query(&sql).persistent(false);
-    for id in ids {
-        q = q.bind(*id);
-    }
-    let rows = q.fetch_all(&mut *c).await?;
+    let from = format!("{ORDER_COLS} FROM shop_orders");
+    let lock = if lock { d.for_update() } else { "" };
+    let rows = select_in(c, d, &from, "id", ids, lock).await?;
     rows.iter().map(order_from_row).collect()
 }
 
@@ -508,20 +512,16 @@ pub async fn payments(
     ids: &[&str],
     lock: bool,
 ) -> Result<HashMap<String, String>, DbError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let sql = format!(
-        "SELECT order_id, status FROM shop_payments WHERE order_id IN ({}){}",
-        marks(ids.len()),
-        if lock { d.for_update() } else { "" }
-    );
-    let sql = d.sql(&sql);
-    let mut q = sqlx::query(&sql).persistent(false);
-    for id in ids {
-        q = q.bind(*id);
-    }
-    let rows = q.fetch_all(&mut *c).await?;
+    let lock = if lock { d.for_update() } else { "" };
+    let rows = select_in(
+        c,
+        d,
+        "order_id, status FROM shop_payments",
+        "order_id",
+        ids,
+        lock,
+    )
+    .await?;
     rows.iter()
         .map(|r| Ok((text(r, "order_id")?, text(r, "status")?)))
         .collect()
