@@ -425,6 +425,16 @@ impl Inventory {
         Ok(tx)
     }
 
+    /// The order an idempotency key created, if any (read from the primary).
+    async fn stored_order(&self, key: &str) -> Result<Option<Order>, DbError> {
+        let d = self.db.dialect;
+        let mut found = self
+            .db
+            .primary(async |c| store::orders_by_keys(c, d, &[key]).await)
+            .await?;
+        Ok(found.pop())
+    }
+
     // ---- one transaction per request ------------------------------------------------
 
     async fn reserve_single(&self, req: PurchaseRequest, guard: Guard) -> Reserve {
@@ -488,17 +498,9 @@ impl Inventory {
         let Reserve::SoldOut = outcome else {
             return outcome;
         };
-        let d = self.db.dialect;
-        let key = req.key.clone();
-        match self
-            .db
-            .primary(async |c| store::orders_by_keys(c, d, &[key.as_str()]).await)
-            .await
-        {
-            Ok(mut found) => match found.pop() {
-                Some(o) => replay(o, &req),
-                None => Reserve::SoldOut,
-            },
+        match self.stored_order(&req.key).await {
+            Ok(Some(o)) => replay(o, &req),
+            Ok(None) => Reserve::SoldOut,
             Err(e) => Reserve::Unavailable(e.to_string()),
         }
     }
@@ -669,17 +671,9 @@ impl Inventory {
             Ok(Single::VersionConflict) => Reserve::Overloaded,
             Err(DbError::Conflict) => {
                 // The key was inserted concurrently: answer from the stored order.
-                let d = self.db.dialect;
-                let key = req.key.clone();
-                match self
-                    .db
-                    .primary(async |c| store::orders_by_keys(c, d, &[key.as_str()]).await)
-                    .await
-                {
-                    Ok(mut found) => match found.pop() {
-                        Some(o) => replay(o, req),
-                        None => Reserve::Unavailable("conflict without a stored order".into()),
-                    },
+                match self.stored_order(&req.key).await {
+                    Ok(Some(o)) => replay(o, req),
+                    Ok(None) => Reserve::Unavailable("conflict without a stored order".into()),
                     Err(e) => Reserve::Unavailable(e.to_string()),
                 }
             }

@@ -309,43 +309,30 @@ impl Saga {
             .await;
     }
 
+    /// `RESERVED → CONFIRMED`.
     async fn confirm(&self, order: Order) -> Next {
-        for attempt in 0..self.config.max_attempts {
-            match self.cas(SettleOp::Confirm(order.id.clone())).await {
-                Ok(Cas {
-                    won,
-                    order: Some(o),
-                }) => {
-                    if won {
-                        emit(&o, None);
-                    }
-                    return Next::Go(o);
-                }
-                Ok(Cas { order: None, .. }) => {
-                    return Next::Go(Order {
-                        step: Step::Cancelled,
-                        ..order
-                    });
-                }
-                Err(_) => tokio::time::sleep(self.delay(attempt)).await,
-            }
-        }
-        Next::Park(order)
+        let op = SettleOp::Confirm(order.id.clone());
+        self.decide(order, op, None).await
     }
 
     /// `RESERVED → COMPENSATING`; then compensates if this or an earlier fence won.
     async fn fence(&self, order: Order, why: &str) -> Next {
+        let op = SettleOp::Fence(order.id.clone(), why.to_string());
+        self.decide(order, op, Some(why)).await
+    }
+
+    /// One compare-and-set through the settler, retried with backoff: goes on with the
+    /// order as the database left it (emitting the step if this call won), or parks it
+    /// when the database stays unavailable.
+    async fn decide(&self, order: Order, op: SettleOp, why: Option<&str>) -> Next {
         for attempt in 0..self.config.max_attempts {
-            match self
-                .cas(SettleOp::Fence(order.id.clone(), why.to_string()))
-                .await
-            {
+            match self.cas(op.clone()).await {
                 Ok(Cas {
                     won,
                     order: Some(o),
                 }) => {
                     if won {
-                        emit(&o, Some(why));
+                        emit(&o, why);
                     }
                     return Next::Go(o);
                 }
