@@ -79,6 +79,9 @@ pub struct Metrics {
     pub shop_purchases: IntCounterVec,
     /// `shop_batch_size{stage}`: operations merged into one transaction (group commit).
     pub shop_batch_size: HistogramVec,
+    /// `shop_batch_seconds{stage}`: time to apply one batch (its transaction, commit
+    /// included); with `shop_batch_size` it shows where a purchase's latency goes.
+    pub shop_batch_seconds: HistogramVec,
     /// `shop_saga_transitions_total{step}`: saga steps entered.
     pub shop_saga_transitions: IntCounterVec,
     /// `shop_inventory_inconsistency{product}`: 1 while the last reconciliation of a
@@ -210,6 +213,12 @@ impl Metrics {
                 &["strategy", "outcome"],
             ),
             shop_batch_size,
+            shop_batch_seconds: histogram(
+                &registry,
+                "shop_batch_seconds",
+                "Time to apply one group-committed batch (transaction and commit), per stage.",
+                &["stage"],
+            ),
             shop_saga_transitions: counter(
                 &registry,
                 "shop_saga_transitions_total",

@@ -46,16 +46,18 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         Fut: Future<Output = Vec<Resp>> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<Job<Req, Resp>>(capacity);
-        let hist = bulwark_obs::metrics::metrics()
-            .shop_batch_size
-            .with_label_values(&[stage]);
+        let m = bulwark_obs::metrics::metrics();
+        let sizes = m.shop_batch_size.with_label_values(&[stage]);
+        let times = m.shop_batch_seconds.with_label_values(&[stage]);
         tracker.spawn(async move {
             let mut jobs = Vec::with_capacity(max_batch);
             while rx.recv_many(&mut jobs, max_batch).await > 0 {
                 let (reqs, replies): (Vec<Req>, Vec<oneshot::Sender<Resp>>) =
                     jobs.drain(..).unzip();
-                hist.observe(reqs.len() as f64);
+                sizes.observe(reqs.len() as f64);
+                let started = std::time::Instant::now();
                 let answers = run(reqs).await;
+                times.observe(started.elapsed().as_secs_f64());
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     // The caller may have given up (timeout, client gone): nothing to do.
                     let _ = reply.send(answer);

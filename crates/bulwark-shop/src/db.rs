@@ -110,6 +110,10 @@ pub enum DbError {
     /// A unique constraint refused a row (an idempotency key raced another request).
     #[error("unique constraint violated")]
     Conflict,
+    /// The `CHECK (stock >= 0)` constraint refused a decrement: fewer units were left
+    /// than the statement took. Nothing was applied.
+    #[error("not enough stock for the decrement")]
+    StockShort,
     /// The connection broke during `COMMIT`: the transaction may or may not have applied.
     #[error("transaction outcome unknown: {0}")]
     Unknown(String),
@@ -129,6 +133,7 @@ impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(d) if d.is_unique_violation() => DbError::Conflict,
+            sqlx::Error::Database(d) if d.is_check_violation() => DbError::StockShort,
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
@@ -287,6 +292,23 @@ impl Db {
                 other => other,
             })?;
             Ok(value)
+        })
+        .await
+    }
+
+    /// Runs `f`, ONE writing statement, on the primary without `BEGIN`: the statement is
+    /// its own transaction, so this costs one round trip where [`Db::tx`] costs three. A
+    /// connection lost during the statement leaves its outcome unknown, as in a commit.
+    pub async fn tx_single<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        self.guarded(async || {
+            let mut conn = self.write.acquire().await?;
+            f(&mut conn).await.map_err(|e| match e {
+                DbError::Unavailable(m) => DbError::Unknown(m),
+                other => other,
+            })
         })
         .await
     }

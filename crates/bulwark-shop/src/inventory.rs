@@ -18,7 +18,7 @@ use crate::cache::Cache;
 use crate::config::Strategy;
 use crate::db::{Db, DbError, Dialect};
 use crate::model::{Event, Order, PurchaseRequest, Step, new_order_id, now_ms};
-use crate::store;
+use crate::{pgbatch, store};
 
 /// The outcome of a reservation.
 #[derive(Clone, Debug)]
@@ -819,14 +819,16 @@ struct BatchPlan {
 
 impl ProductWriter {
     async fn run(mut self, mut rx: mpsc::Receiver<WriterJob>, max: usize) {
-        let hist = bulwark_obs::metrics::metrics()
-            .shop_batch_size
-            .with_label_values(&["reserve"]);
+        let m = bulwark_obs::metrics::metrics();
+        let sizes = m.shop_batch_size.with_label_values(&["reserve"]);
+        let times = m.shop_batch_seconds.with_label_values(&["reserve"]);
         let mut jobs = Vec::with_capacity(max);
         while rx.recv_many(&mut jobs, max).await > 0 {
             let (ops, replies): (Vec<WriterOp>, Vec<_>) = jobs.drain(..).unzip();
-            hist.observe(ops.len() as f64);
+            sizes.observe(ops.len() as f64);
+            let started = std::time::Instant::now();
             let answers = self.commit(&ops).await;
+            times.observe(started.elapsed().as_secs_f64());
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }
@@ -853,6 +855,20 @@ impl ProductWriter {
                 }
             };
             let d = self.db.dialect;
+            if d == Dialect::Postgres && ops.iter().all(|op| matches!(op, WriterOp::Reserve(_))) {
+                match Box::pin(self.commit_pg(ops, available)).await {
+                    Ok(Some(answers)) => return answers,
+                    // The database had fewer units than the counter: reload and redo.
+                    Ok(None) => {
+                        self.available = None;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.available = None;
+                        return ops.iter().map(|op| unavailable(op, &e)).collect();
+                    }
+                }
+            }
             let (product, price, ttl_ms) = (self.product.clone(), self.price, self.ttl_ms);
             let result = self
                 .db
@@ -889,6 +905,124 @@ impl ProductWriter {
         }
         let e = DbError::Unavailable("stock changed concurrently; retry".into());
         ops.iter().map(|op| unavailable(op, &e)).collect()
+    }
+
+    /// PostgreSQL, a batch of reservations only: decides each in arrival order against
+    /// the in-memory count, then writes the batch as one statement
+    /// ([`pgbatch::reserve`]). Replays are found afterwards: an order the statement
+    /// skipped had its key taken already, and a buyer told sold out may hold an earlier
+    /// order; both are looked up, in one query, only when they occur. `Ok(None)`: the
+    /// database had fewer units than `available` (nothing written; reload and redo).
+    async fn commit_pg(
+        &mut self,
+        ops: &[WriterOp],
+        available: i64,
+    ) -> Result<Option<Vec<WriterAnswer>>, DbError> {
+        /// What the plan says for one request.
+        enum Plan {
+            /// A new order (index in `orders`).
+            New(usize),
+            /// The key already came earlier in this batch (that order's index).
+            Again(usize),
+            SoldOut,
+        }
+        let reqs: Vec<&PurchaseRequest> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriterOp::Reserve(r) => Some(r),
+                WriterOp::Release { .. } => None,
+            })
+            .collect();
+        let mut avail = available;
+        let mut orders: Vec<Order> = Vec::new();
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        let mut plans = Vec::with_capacity(reqs.len());
+        for req in &reqs {
+            plans.push(if let Some(&i) = first.get(req.key.as_str()) {
+                Plan::Again(i)
+            } else if req.quantity <= avail {
+                avail -= req.quantity;
+                first.insert(req.key.as_str(), orders.len());
+                orders.push(new_order(req, self.price, self.ttl_ms));
+                Plan::New(orders.len() - 1)
+            } else {
+                Plan::SoldOut
+            });
+        }
+        let mut inserted = HashSet::new();
+        if !orders.is_empty() {
+            let product = self.product.as_str();
+            let done = match self
+                .db
+                .tx_single(async |c| pgbatch::reserve(c, product, &orders).await)
+                .await
+            {
+                Ok(Some(done)) => done,
+                Ok(None) => return Ok(Some(ops.iter().map(not_found).collect())),
+                Err(DbError::StockShort) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            self.available = Some(done.stock);
+            self.cache
+                .put_stock(&self.product, done.stock, done.version);
+            inserted = done.inserted;
+        }
+        let stored_new = |i: usize| inserted.contains(&orders[i].id);
+        // Keys to look up: skipped orders' and sold-out buyers'.
+        let lookup: Vec<&str> = reqs
+            .iter()
+            .zip(&plans)
+            .filter(|(_, plan)| match plan {
+                Plan::New(i) => !stored_new(*i),
+                Plan::Again(_) => false,
+                Plan::SoldOut => true,
+            })
+            .map(|(req, _)| req.key.as_str())
+            .collect();
+        let mut stored: HashMap<String, Order> = HashMap::new();
+        if !lookup.is_empty() {
+            let d = self.db.dialect;
+            stored = self
+                .db
+                .primary(async |c| store::orders_by_keys(c, d, &lookup).await)
+                .await?
+                .into_iter()
+                .map(|o| (o.key.clone(), o))
+                .collect();
+        }
+        let raced = || Reserve::Unavailable("idempotency key raced another request; retry".into());
+        let mut answers = Vec::with_capacity(reqs.len());
+        let mut retry = Vec::new();
+        for (req, plan) in reqs.iter().zip(&plans) {
+            let answer = match plan {
+                Plan::New(i) if stored_new(*i) => Reserve::Reserved(orders[*i].clone()),
+                Plan::Again(i) if stored_new(*i) => replay(orders[*i].clone(), req),
+                Plan::New(_) | Plan::Again(_) | Plan::SoldOut => {
+                    match stored.get(&req.key) {
+                        Some(o) => replay(o.clone(), req),
+                        None if matches!(plan, Plan::SoldOut) => {
+                            // Units the skipped orders did not take may serve this buyer.
+                            if inserted.len() < orders.len() {
+                                retry.push(answers.len());
+                            }
+                            Reserve::SoldOut
+                        }
+                        None => raced(),
+                    }
+                }
+            };
+            answers.push(WriterAnswer::Reserve(answer));
+        }
+        if !retry.is_empty() {
+            let again: Vec<WriterOp> = retry
+                .iter()
+                .map(|&i| WriterOp::Reserve(reqs[i].clone()))
+                .collect();
+            for (i, answer) in retry.into_iter().zip(Box::pin(self.commit(&again)).await) {
+                answers[i] = answer;
+            }
+        }
+        Ok(Some(answers))
     }
 }
 

@@ -1,7 +1,8 @@
 //! `bulwark shop`: the flash-sale commerce service (SPEC SHOP-1 … SHOP-6).
 //!
 //! Code map, bottom up: [`db`] (pools, dialect, migrations, breaker + timeout on every
-//! call), [`store`] (every SQL statement), [`model`] (products, orders, saga steps,
+//! call), [`store`] (every SQL statement of the generic path), [`pgbatch`] (the hot
+//! path's batches as one PostgreSQL statement each), [`model`] (products, orders, saga steps,
 //! events), [`batch`] (group commit), [`cache`] (SHOP-1), [`payment`] (the provider
 //! simulator and its ledger), [`inventory`] (the purchase strategies, SHOP-2), [`saga`]
 //! (SHOP-3), [`outbox`] (relay to the embedded bus or NATS JetStream), [`reconcile`]
@@ -19,6 +20,7 @@ pub mod inventory;
 pub mod model;
 pub mod outbox;
 pub mod payment;
+pub mod pgbatch;
 pub mod reconcile;
 pub mod saga;
 pub mod store;

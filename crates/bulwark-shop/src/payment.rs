@@ -7,14 +7,14 @@
 //! none → `CAPTURED` | `DECLINED` (charge), none → `VOIDED` (refund before any charge:
 //! fences a late charge, Seata's "anti-hanging"), `CAPTURED` → `REFUNDED` (refund).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::batch::Batcher;
 use crate::config::PaymentConfig;
-use crate::db::{Db, DbError};
-use crate::store;
+use crate::db::{Db, DbError, Dialect};
+use crate::{pgbatch, store};
 
 /// What a charge did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,9 +169,67 @@ impl PaymentProvider {
     }
 }
 
-/// Applies one batch of ledger operations in one transaction. A charge whose order id
-/// starts with `!` is one the simulator decided to decline.
+/// Applies one batch of ledger operations. A charge whose order id starts with `!` is
+/// one the simulator decided to decline. On PostgreSQL a batch of charges is first
+/// recorded in one statement ([`pgbatch::record_charges`]); the charges of orders that
+/// already had a ledger row, and every other batch, take the generic path.
 async fn apply(db: &Db, ops: Vec<Op>) -> Vec<Result<&'static str, DbError>> {
+    if db.dialect != Dialect::Postgres || !ops.iter().all(|op| matches!(op, Op::Charge { .. })) {
+        return apply_generic(db, ops).await;
+    }
+    let charged = |order: &str| {
+        if order.starts_with('!') {
+            "DECLINED"
+        } else {
+            "CAPTURED"
+        }
+    };
+    let mut charges: Vec<(&str, i64, &str)> = Vec::with_capacity(ops.len());
+    let mut seen = HashSet::new();
+    for op in &ops {
+        if let Op::Charge { order, amount } = op {
+            let id = order.trim_start_matches('!');
+            if seen.insert(id) {
+                charges.push((id, *amount, charged(order)));
+            }
+        }
+    }
+    let recorded = match db
+        .tx_single(async |c| pgbatch::record_charges(c, &charges).await)
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => return vec![Err(e); ops.len()],
+    };
+    // Answers in order; a charge not recorded now (its order had a row, or it repeats an
+    // order of this batch) is answered from the ledger by the generic path.
+    let mut answered = HashSet::new();
+    let mut answers: Vec<Option<Result<&'static str, DbError>>> = Vec::with_capacity(ops.len());
+    let mut rest = Vec::new();
+    for op in ops {
+        let Op::Charge { order, amount } = op else {
+            continue;
+        };
+        let id = order.trim_start_matches('!');
+        if recorded.contains(id) && answered.insert(id.to_string()) {
+            answers.push(Some(Ok(charged(&order))));
+        } else {
+            answers.push(None);
+            rest.push(Op::Charge { order, amount });
+        }
+    }
+    let mut rest = apply_generic(db, rest).await.into_iter();
+    answers
+        .into_iter()
+        .map(|a| {
+            a.or_else(|| rest.next())
+                .unwrap_or_else(|| Err(DbError::Other("ledger: answer missing".into())))
+        })
+        .collect()
+}
+
+/// The generic path: one transaction that reads the ledger rows and applies the batch.
+async fn apply_generic(db: &Db, ops: Vec<Op>) -> Vec<Result<&'static str, DbError>> {
     let n = ops.len();
     let d = db.dialect;
     let result = db

@@ -13,11 +13,11 @@ use bulwark_resilience::retry::{RetryPolicy, backoff_delay};
 use tokio::sync::oneshot;
 
 use crate::batch::Batcher;
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, Dialect};
 use crate::inventory::{Inventory, Release};
 use crate::model::{Event, Order, Step, now_ms, reason};
 use crate::payment::{Charge, PaymentProvider};
-use crate::store;
+use crate::{pgbatch, store};
 
 /// A compare-and-set on an order's step.
 #[derive(Debug, Clone)]
@@ -425,8 +425,54 @@ fn emit(order: &Order, why: Option<&str>) {
     .emit();
 }
 
-/// Applies a batch of compare-and-sets in one transaction.
+/// Applies a batch of compare-and-sets in one transaction: on PostgreSQL, a batch of
+/// confirmations as one statement ([`pgbatch::confirm`]), then the generic path for the
+/// orders that statement did not confirm (it only reads them: their compare-and-set lost).
 async fn settle(db: &Db, ops: Vec<SettleOp>) -> Vec<Result<Cas, DbError>> {
+    if db.dialect != Dialect::Postgres || !ops.iter().all(|op| matches!(op, SettleOp::Confirm(_))) {
+        return settle_generic(db, ops).await;
+    }
+    let mut ids: Vec<&str> = ops.iter().map(SettleOp::id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let confirmed = match db
+        .tx_single(async |c| pgbatch::confirm(c, &ids).await)
+        .await
+    {
+        Ok(orders) => orders,
+        Err(e) => return vec![Err(e); ops.len()],
+    };
+    let won: HashMap<String, Order> = confirmed.into_iter().map(|o| (o.id.clone(), o)).collect();
+    // Answers in order; the orders not confirmed now go to the generic path, which reads
+    // them (their compare-and-set lost, or they are missing) and fills their slots.
+    let mut answers: Vec<Option<Result<Cas, DbError>>> = Vec::with_capacity(ops.len());
+    let mut rest = Vec::new();
+    let mut first = HashSet::new();
+    for op in &ops {
+        answers.push(won.get(op.id()).map(|o| {
+            Ok(Cas {
+                // A second confirmation of the same order in one batch loses.
+                won: first.insert(o.id.clone()),
+                order: Some(o.clone()),
+            })
+        }));
+        if answers.last().is_some_and(Option::is_none) {
+            rest.push(op.clone());
+        }
+    }
+    let mut rest = settle_generic(db, rest).await.into_iter();
+    answers
+        .into_iter()
+        .map(|a| {
+            a.or_else(|| rest.next())
+                .unwrap_or_else(|| Err(DbError::Other("settle: answer missing".into())))
+        })
+        .collect()
+}
+
+/// The generic path: one transaction that reads the orders and applies every
+/// compare-and-set.
+async fn settle_generic(db: &Db, ops: Vec<SettleOp>) -> Vec<Result<Cas, DbError>> {
     let n = ops.len();
     let d = db.dialect;
     let result = db

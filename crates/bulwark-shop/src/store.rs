@@ -10,7 +10,8 @@ use sqlx::{AnyConnection, Row as _};
 use crate::db::{DbError, Dialect};
 use crate::model::{Event, Order, Product, Step, now_ms};
 
-const ORDER_COLS: &str = "id, idempotency_key, fingerprint, product_id, customer_id, quantity, \
+/// The order columns, in [`order_from_row`]'s terms.
+pub(crate) const ORDER_COLS: &str = "id, idempotency_key, fingerprint, product_id, customer_id, quantity, \
      amount_cents, step, attempts, reason, created_ms, expires_ms";
 
 /// `?, ?, …` with `n` placeholders.
@@ -78,7 +79,8 @@ fn opt_text(r: &AnyRow, col: &str) -> Result<Option<String>, DbError> {
     }
 }
 
-fn order_from_row(r: &AnyRow) -> Result<Order, DbError> {
+/// An order from a row with [`ORDER_COLS`].
+pub(crate) fn order_from_row(r: &AnyRow) -> Result<Order, DbError> {
     let step = text(r, "step")?;
     Ok(Order {
         id: text(r, "id")?,
