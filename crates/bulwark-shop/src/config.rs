@@ -92,7 +92,8 @@ impl FromStr for CacheMode {
 /// The payment provider simulator's behaviour.
 #[derive(Clone, Debug)]
 pub struct PaymentConfig {
-    /// Simulated provider latency per call. `SHOP_PAYMENT_LATENCY_MS` (default 2).
+    /// Simulated provider response time per call, its own ledger write included (the
+    /// write runs during it). `SHOP_PAYMENT_LATENCY_MS` (default 2).
     pub latency: Duration,
     /// Share of charges declined, decided per order from the seed (so a retried charge
     /// gets the same answer). `SHOP_PAYMENT_FAILURE_RATE` (0.0–1.0, default 0).

@@ -460,7 +460,11 @@ async fn settle(db: &Db, ops: Vec<SettleOp>) -> Vec<Result<Cas, DbError>> {
             rest.push(op.clone());
         }
     }
-    let mut rest = settle_generic(db, rest).await.into_iter();
+    let mut rest = if rest.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        settle_generic(db, rest).await.into_iter()
+    };
     answers
         .into_iter()
         .map(|a| {

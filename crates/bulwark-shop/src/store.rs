@@ -174,14 +174,23 @@ pub async fn seed(
     products: &[(Product, i64)],
     reset: bool,
 ) -> Result<(), DbError> {
-    if reset {
-        for t in [
-            "shop_outbox",
-            "shop_payments",
-            "shop_orders",
-            "shop_products",
-            "shop_consumed_events",
-        ] {
+    const SALE_TABLES: [&str; 5] = [
+        "shop_outbox",
+        "shop_payments",
+        "shop_orders",
+        "shop_products",
+        "shop_consumed_events",
+    ];
+    if reset && d == Dialect::Postgres {
+        // TRUNCATE (transactional on PostgreSQL) leaves no dead rows behind, so a reset
+        // sale does not scan its predecessors' rows until a vacuum runs.
+        sqlx::query(&format!("TRUNCATE {}", SALE_TABLES.join(", ")))
+            .execute(&mut *c)
+            .await?;
+    } else if reset {
+        // MySQL's TRUNCATE would commit the transaction; SQLite's DELETE without WHERE
+        // already truncates.
+        for t in SALE_TABLES {
             sqlx::query(&format!("DELETE FROM {t}"))
                 .execute(&mut *c)
                 .await?;
