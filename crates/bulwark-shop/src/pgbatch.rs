@@ -196,6 +196,9 @@ pub async fn confirm(c: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Order>, 
          SELECT {cols} FROM o",
         cols = store::ORDER_COLS
     );
+    // It runs on the saga pool, whose connections plan every execution for the table
+    // as it is (`Plans::Custom` in `db.rs`): a generic plan made while the table was
+    // nearly empty walks the whole primary key per batch.
     let rows = sqlx::query(&sql)
         .bind(json(&ids)?)
         .bind(now_ms())

@@ -87,6 +87,26 @@ async fn order_count(db: &Db) -> usize {
         .len()
 }
 
+/// The saga pool (where the batch confirm runs) plans each execution: a generic plan
+/// cached while a sale's `shop_orders` was nearly empty walks the whole primary key per
+/// batch once it has grown.
+#[tokio::test]
+async fn the_saga_pool_plans_every_execution() {
+    let (_tdb, db) = open().await;
+    let mode = |db: Db| async move {
+        db.primary(async |c| {
+            let r = sqlx::query("SELECT current_setting('plan_cache_mode') AS m")
+                .fetch_one(&mut *c)
+                .await?;
+            Ok(sqlx::Row::try_get::<String, _>(&r, "m")?)
+        })
+        .await
+        .expect("setting")
+    };
+    assert_eq!(mode(db.for_sagas()).await, "force_custom_plan");
+    assert_eq!(mode(db).await, "auto");
+}
+
 #[tokio::test]
 async fn reserve_confirm_and_charge_write_all_or_nothing() {
     let (_tdb, db) = open().await;
