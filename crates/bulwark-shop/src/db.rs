@@ -217,10 +217,6 @@ async fn pool(
     let pool = AnyPoolOptions::new()
         .max_connections(max)
         .min_connections(0)
-        // No `SELECT 1` round trip before every checkout: that doubled the round trips of
-        // a one-statement batch. A connection that broke while idle fails its next
-        // statement instead, which every caller already treats as unavailable (retry).
-        .test_before_acquire(false)
         .acquire_timeout(timeout)
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
