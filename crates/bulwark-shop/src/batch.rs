@@ -75,6 +75,26 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     }
 }
 
+/// The answers of a batch that a fast path answered in part: each slot it filled, else
+/// (in order) the next of `rest`, which `finish` gives for the operations it left, in
+/// their order. `finish` runs only when some are left.
+pub(crate) async fn merge_answers<Op, T, E>(
+    answers: Vec<Option<Result<T, E>>>,
+    left: Vec<Op>,
+    finish: impl AsyncFnOnce(Vec<Op>) -> Vec<Result<T, E>>,
+    missing: impl Fn() -> E,
+) -> Vec<Result<T, E>> {
+    let mut rest = if left.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        finish(left).await.into_iter()
+    };
+    answers
+        .into_iter()
+        .map(|a| a.or_else(|| rest.next()).unwrap_or_else(|| Err(missing())))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -117,5 +137,27 @@ mod tests {
         // 20 operations, at most 8 per batch, the first batch taken alone: 1 + 8 + 8 + 3.
         let n = batches.load(Ordering::SeqCst);
         assert!((3..=4).contains(&n), "{n} batches");
+    }
+
+    #[tokio::test]
+    async fn merged_answers_keep_the_order_of_the_batch() {
+        let fast = vec![Some(Ok(1)), None, Some(Ok(3)), None];
+        let merged = merge_answers(
+            fast,
+            vec![20, 40],
+            async |left: Vec<i32>| left.into_iter().map(|x| Ok(x / 10)).collect(),
+            || "missing",
+        )
+        .await;
+        assert_eq!(merged, vec![Ok(1), Ok(2), Ok(3), Ok(4)]);
+        // Nothing left: `finish` is not called; a slot it should have filled is an error.
+        let merged = merge_answers(
+            vec![Some(Ok(1)), None],
+            Vec::<i32>::new(),
+            async |_| panic!("nothing was left"),
+            || "missing",
+        )
+        .await;
+        assert_eq!(merged, vec![Ok(1), Err("missing")]);
     }
 }

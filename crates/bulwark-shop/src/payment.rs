@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, merge_answers};
 use crate::config::PaymentConfig;
 use crate::db::{Db, DbError, Dialect};
 use crate::{pgbatch, store};
@@ -222,18 +222,13 @@ async fn apply(db: &Db, ops: Vec<Op>) -> Vec<Result<&'static str, DbError>> {
             rest.push(Op::Charge { order, amount });
         }
     }
-    let mut rest = if rest.is_empty() {
-        Vec::new().into_iter()
-    } else {
-        apply_generic(db, rest).await.into_iter()
-    };
-    answers
-        .into_iter()
-        .map(|a| {
-            a.or_else(|| rest.next())
-                .unwrap_or_else(|| Err(DbError::Other("ledger: answer missing".into())))
-        })
-        .collect()
+    merge_answers(
+        answers,
+        rest,
+        async |left| apply_generic(db, left).await,
+        || DbError::Other("ledger: answer missing".into()),
+    )
+    .await
 }
 
 /// The generic path: one transaction that reads the ledger rows and applies the batch.

@@ -12,7 +12,7 @@ use bulwark_obs::events::{Emit, SagaStep};
 use bulwark_resilience::retry::{RetryPolicy, backoff_delay};
 use tokio::sync::oneshot;
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, merge_answers};
 use crate::db::{Db, DbError, Dialect};
 use crate::inventory::{Inventory, Release};
 use crate::model::{Event, Order, Step, now_ms, reason};
@@ -460,18 +460,13 @@ async fn settle(db: &Db, ops: Vec<SettleOp>) -> Vec<Result<Cas, DbError>> {
             rest.push(op.clone());
         }
     }
-    let mut rest = if rest.is_empty() {
-        Vec::new().into_iter()
-    } else {
-        settle_generic(db, rest).await.into_iter()
-    };
-    answers
-        .into_iter()
-        .map(|a| {
-            a.or_else(|| rest.next())
-                .unwrap_or_else(|| Err(DbError::Other("settle: answer missing".into())))
-        })
-        .collect()
+    merge_answers(
+        answers,
+        rest,
+        async |left| settle_generic(db, left).await,
+        || DbError::Other("settle: answer missing".into()),
+    )
+    .await
 }
 
 /// The generic path: one transaction that reads the orders and applies every
