@@ -257,11 +257,7 @@ impl Runner<'_> {
             errors: stats.errors(),
             status_codes: stats.status_codes().collect(),
             missed: stats.missed(),
-            throughput_rps: if elapsed > 0.0 {
-                stats.requests() as f64 / elapsed
-            } else {
-                0.0
-            },
+            throughput_rps: measure::per_second(stats.requests(), elapsed),
             latency_us: stats.latency(),
         };
         if result.requests == 0 {

@@ -131,6 +131,15 @@ pub(crate) struct Stats {
     missed: u64,
 }
 
+/// `n` events over `elapsed` seconds, per second (0 for no elapsed time).
+pub(crate) fn per_second(n: u64, elapsed: f64) -> f64 {
+    if elapsed > 0.0 {
+        n as f64 / elapsed
+    } else {
+        0.0
+    }
+}
+
 impl Stats {
     pub(crate) fn new() -> Self {
         Stats {

@@ -207,11 +207,7 @@ async fn sale(
     let invariants_ok = invariants.iter().all(|c| c.ok);
 
     let ops = stats.results(elapsed);
-    let purchases_ok_per_s = if elapsed > 0.0 {
-        stats.confirmed as f64 / elapsed
-    } else {
-        0.0
-    };
+    let purchases_ok_per_s = measure::per_second(stats.confirmed, elapsed);
     let sold_out = ops
         .iter()
         .any(|o| o.errors.keys().any(|k| k.ends_with("SOLD_OUT")));
@@ -574,11 +570,7 @@ impl OpStats {
             op: op.to_owned(),
             requests: s.requests(),
             ok: s.ok(),
-            throughput_rps: if elapsed > 0.0 {
-                s.requests() as f64 / elapsed
-            } else {
-                0.0
-            },
+            throughput_rps: measure::per_second(s.requests(), elapsed),
             latency_us: s.latency(),
             status_codes: s.status_codes().collect(),
             errors: self.errors.clone(),

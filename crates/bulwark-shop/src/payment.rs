@@ -198,7 +198,7 @@ async fn apply(db: &Db, ops: Vec<Op>) -> Vec<Result<&'static str, DbError>> {
             }
         }
     }
-    let recorded = match db
+    let mut recorded = match db
         .tx_single(async |c| pgbatch::record_charges(c, &charges).await)
         .await
     {
@@ -207,7 +207,6 @@ async fn apply(db: &Db, ops: Vec<Op>) -> Vec<Result<&'static str, DbError>> {
     };
     // Answers in order; a charge not recorded now (its order had a row, or it repeats an
     // order of this batch) is answered from the ledger by the generic path.
-    let mut answered = HashSet::new();
     let mut answers: Vec<Option<Result<&'static str, DbError>>> = Vec::with_capacity(ops.len());
     let mut rest = Vec::new();
     for op in ops {
@@ -215,7 +214,7 @@ async fn apply(db: &Db, ops: Vec<Op>) -> Vec<Result<&'static str, DbError>> {
             continue;
         };
         let id = order.trim_start_matches('!');
-        if recorded.contains(id) && answered.insert(id.to_string()) {
+        if recorded.remove(id) {
             answers.push(Some(Ok(charged(&order))));
         } else {
             answers.push(None);

@@ -442,23 +442,24 @@ async fn settle(db: &Db, ops: Vec<SettleOp>) -> Vec<Result<Cas, DbError>> {
         Ok(orders) => orders,
         Err(e) => return vec![Err(e); ops.len()],
     };
-    let won: HashMap<String, Order> = confirmed.into_iter().map(|o| (o.id.clone(), o)).collect();
-    // Answers in order; the orders not confirmed now go to the generic path, which reads
-    // them (their compare-and-set lost, or they are missing) and fills their slots.
+    let mut won: HashMap<String, Order> =
+        confirmed.into_iter().map(|o| (o.id.clone(), o)).collect();
+    // Answers in order; the orders not confirmed now (their compare-and-set lost, they are
+    // missing, or a second confirmation of one order in this batch) go to the generic
+    // path, which reads them and fills their slots.
     let mut answers: Vec<Option<Result<Cas, DbError>>> = Vec::with_capacity(ops.len());
     let mut rest = Vec::new();
-    let mut first = HashSet::new();
     for op in &ops {
-        answers.push(won.get(op.id()).map(|o| {
+        let answer = won.remove(op.id()).map(|order| {
             Ok(Cas {
-                // A second confirmation of the same order in one batch loses.
-                won: first.insert(o.id.clone()),
-                order: Some(o.clone()),
+                won: true,
+                order: Some(order),
             })
-        }));
-        if answers.last().is_some_and(Option::is_none) {
+        });
+        if answer.is_none() {
             rest.push(op.clone());
         }
+        answers.push(answer);
     }
     merge_answers(
         answers,
