@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+mod conn;
 mod measure;
 mod pgbench;
 mod progress;

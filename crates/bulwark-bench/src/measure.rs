@@ -1,4 +1,4 @@
-//! The measuring engine: one HTTP client, worker loops, HDR histograms.
+//! The measuring engine: the HTTP client, worker loops, HDR histograms.
 //!
 //! A *phase* (warm-up, measurement, preload) runs `concurrency` worker tasks against one
 //! pre-built [`Workload`]. Closed loop: each worker sends, waits for the whole response,
@@ -36,8 +36,9 @@ const TICK: Duration = Duration::from_millis(200);
 pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// Builds the client: keep-alive, `TCP_NODELAY`, connect timeout, and an idle pool sized
-/// to the worker count (each worker holds at most one connection at a time, so the
-/// number of connections is bounded by `--concurrency`).
+/// to the worker count. The pool may hold more connections than workers for a while (a
+/// request with no idle connection at hand dials one and also takes the first one freed);
+/// `bench shop`, which must hold exactly `--connections`, uses [`crate::conn`] instead.
 pub(crate) fn http_client(timeout: Duration, max_idle_per_host: usize) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -278,9 +279,11 @@ pub(crate) trait Recorder: Send + 'static {
 pub(crate) trait Driver: Send + Sync + 'static {
     /// What the workers record into.
     type Rec: Recorder;
-    /// Sends one request (chosen with `rng`) and waits for its outcome.
+    /// Sends one request (chosen with `rng`) for worker `worker` (stable across the
+    /// phases of a run) and waits for its outcome.
     fn fire(
         &self,
+        worker: usize,
         rng: &mut Rng,
     ) -> impl std::future::Future<Output = <Self::Rec as Recorder>::Outcome> + Send;
 }
@@ -330,7 +333,7 @@ pub(crate) struct Ctx {
 impl Driver for Ctx {
     type Rec = Stats;
 
-    async fn fire(&self, rng: &mut Rng) -> Outcome {
+    async fn fire(&self, _worker: usize, rng: &mut Rng) -> Outcome {
         let req = self.workload.next_request(rng);
         send(&self.client, req, self.timeout).await
     }
@@ -409,7 +412,9 @@ pub(crate) async fn run_phase<D: Driver>(
         let rng = Rng::new(seed ^ w.wrapping_mul(0x2545_F491_4F6C_DD1D));
         set.spawn(async move {
             match plan {
-                Plan::Closed { end } => closed_worker(&*driver, &stripe, rng, end).await,
+                Plan::Closed { end } => {
+                    closed_worker(&*driver, w as usize, &stripe, rng, end).await;
+                }
                 Plan::Open {
                     start,
                     schedule,
@@ -422,7 +427,7 @@ pub(crate) async fn run_phase<D: Driver>(
                         step: workers,
                         hard_stop,
                     };
-                    open_worker(&*driver, &stripe, rng, slots).await;
+                    open_worker(&*driver, w as usize, &stripe, rng, slots).await;
                 }
             }
         });
@@ -454,10 +459,16 @@ fn merge<R: Recorder>(stripes: &[Arc<Mutex<R>>]) -> R {
     total
 }
 
-async fn closed_worker<D: Driver>(driver: &D, stripe: &Mutex<D::Rec>, mut rng: Rng, end: Instant) {
+async fn closed_worker<D: Driver>(
+    driver: &D,
+    worker: usize,
+    stripe: &Mutex<D::Rec>,
+    mut rng: Rng,
+    end: Instant,
+) {
     while Instant::now() < end {
         let sent = Instant::now();
-        let outcome = driver.fire(&mut rng).await;
+        let outcome = driver.fire(worker, &mut rng).await;
         let latency = sent.elapsed();
         stripe
             .lock()
@@ -476,7 +487,13 @@ struct Slots {
     hard_stop: Instant,
 }
 
-async fn open_worker<D: Driver>(driver: &D, stripe: &Mutex<D::Rec>, mut rng: Rng, slots: Slots) {
+async fn open_worker<D: Driver>(
+    driver: &D,
+    worker: usize,
+    stripe: &Mutex<D::Rec>,
+    mut rng: Rng,
+    slots: Slots,
+) {
     let total = slots.schedule.total();
     let mut i = slots.first;
     while i < total {
@@ -499,7 +516,7 @@ async fn open_worker<D: Driver>(driver: &D, stripe: &Mutex<D::Rec>, mut rng: Rng
         } else {
             intended
         };
-        let outcome = driver.fire(&mut rng).await;
+        let outcome = driver.fire(worker, &mut rng).await;
         let latency = from.elapsed();
         stripe
             .lock()

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::args::{ShopBenchArgs, Target, Toggle};
+use crate::conn::WorkerConns;
 use crate::measure::{self, Driver, HttpClient, Live, Load, Outcome, Recorder, Stats};
 use crate::progress::Progress;
 use crate::report::REPORT_FORMAT_VERSION;
@@ -160,8 +161,7 @@ async fn sale(
     wait_ready(&control, base).await?;
     seed(&control, base, &args.product, args.stock).await?;
 
-    let client = measure::http_client(args.timeout, args.connections as usize);
-    let driver = Arc::new(ShopDriver::new(client, base, args, index)?);
+    let driver = Arc::new(ShopDriver::new(base, args, index)?);
     let load = Load {
         workers: args.connections,
         rate: args.rate,
@@ -403,10 +403,10 @@ pub(crate) struct ShopOutcome {
     code: Option<String>,
 }
 
-/// Sends views and purchases of the hot product.
+/// Sends views and purchases of the hot product, each worker on a connection of its own.
 #[derive(Debug)]
 struct ShopDriver {
-    client: HttpClient,
+    conns: WorkerConns,
     view: Uri,
     order: Uri,
     body: Bytes,
@@ -419,22 +419,22 @@ struct ShopDriver {
 }
 
 impl ShopDriver {
-    fn new(
-        client: HttpClient,
-        base: &str,
-        args: &ShopBenchArgs,
-        index: u64,
-    ) -> anyhow::Result<Self> {
+    fn new(base: &str, args: &ShopBenchArgs, index: u64) -> anyhow::Result<Self> {
         let target: Target = base.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let authority = target
+            .url
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.as_str().to_owned()))
+            .with_context(|| format!("no host:port in {:?}", target.url))?;
         let uri = |path: String| -> anyhow::Result<Uri> {
-            let full = format!("{}{path}", target.url);
-            full.parse().with_context(|| format!("bad URL {full:?}"))
+            path.parse().with_context(|| format!("bad path {path:?}"))
         };
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         Ok(ShopDriver {
-            client,
+            conns: WorkerConns::new(&authority, args.connections as usize, args.timeout)?,
             view: uri(format!("/v1/products/{}", args.product))?,
             order: uri("/v1/orders".to_owned())?,
             body: Bytes::from(
@@ -474,7 +474,7 @@ impl ShopDriver {
 impl Driver for ShopDriver {
     type Rec = ShopStats;
 
-    async fn fire(&self, rng: &mut Rng) -> ShopOutcome {
+    async fn fire(&self, worker: usize, rng: &mut Rng) -> ShopOutcome {
         let op = if (rng.next_u64() >> 11) < self.read_threshold {
             ShopOp::View
         } else {
@@ -482,10 +482,9 @@ impl Driver for ShopDriver {
         };
         let req = self.request(op);
         let exchange = async {
-            let resp = match self.client.request(req).await {
+            let resp = match self.conns.send(worker, req).await {
                 Ok(resp) => resp,
-                Err(e) if e.is_connect() => return (Outcome::Connect, false, None),
-                Err(_) => return (Outcome::Other, false, None),
+                Err(outcome) => return (outcome, false, None),
             };
             let status = resp.status().as_u16();
             let cache_hit = resp

@@ -1,8 +1,9 @@
 //! `bulwark bench shop --spawn` end to end with the real binary: it starts its own
 //! `bulwark shop` on a free port over a fresh SQLite file, runs a short 80/20 sale over a
 //! few hundred connections, waits for every order to settle, and reports. Asserted: the
-//! exit status, the invariants, and that the JSON document has every figure the table
-//! shows. Nothing about speed (the machine is shared and noisy).
+//! exit status, the invariants, that the JSON document has every figure the table
+//! shows, and that the shop saw one connection per worker. Nothing about speed (the
+//! machine is shared and noisy).
 
 use std::process::Command;
 
@@ -81,6 +82,13 @@ fn spawned_sqlite_sale_passes_its_invariants_and_reports_every_figure() {
     assert!(
         run["rss_peak_bytes"].as_u64().expect("rss") > 1_000_000,
         "{run}"
+    );
+    // One connection per worker, held from the warm-up through the measurement, plus the
+    // orchestration client's few (it keeps at most 4 idle).
+    let established = run["connections_established"].as_u64().expect("conns");
+    assert!(
+        (300..=304).contains(&established),
+        "{established} connections"
     );
 }
 
