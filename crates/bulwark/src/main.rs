@@ -7,10 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc (without transparent huge pages) instead of glibc malloc. With 6,000 buyers
-/// connected, glibc's heap grew the shop past 300 MB RSS (306–317 MB) and its malloc took
-/// about a tenth of the shop's CPU; mimalloc holds 240–253 MB and ~10% less CPU per
-/// purchase (docs/BENCHMARKS.md, "Allocator").
+/// mimalloc (without transparent huge pages) instead of glibc malloc: with 6,000 buyers
+/// connected, glibc's heap held the shop at 306–317 MB RSS, over its 300 MB target, and
+/// mimalloc at 240–253 MB in alternated runs (docs/BENCHMARKS.md, "Allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
