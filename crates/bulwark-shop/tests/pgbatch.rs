@@ -107,6 +107,60 @@ async fn the_saga_pool_plans_every_execution() {
     assert_eq!(mode(db).await, "auto");
 }
 
+/// Migration 0003: the outbox's event batches are compressed with lz4 on a server that
+/// has it (this one does), and the events still read back whole.
+#[tokio::test]
+async fn the_outbox_compresses_its_batches_with_lz4() {
+    let (_tdb, db) = open().await;
+    let method = db
+        .primary(async |c| {
+            let r = sqlx::query(
+                "SELECT attcompression::text AS m FROM pg_attribute \
+                 WHERE attrelid = 'shop_outbox'::regclass AND attname = 'events'",
+            )
+            .fetch_one(&mut *c)
+            .await?;
+            Ok(sqlx::Row::try_get::<String, _>(&r, "m")?)
+        })
+        .await
+        .expect("attribute");
+    assert_eq!(method, "l", "shop_outbox.events compression");
+    // A batch whose events are well over PostgreSQL's 2 KB TOAST threshold.
+    db.primary(async |c| {
+        sqlx::query("UPDATE shop_products SET stock = 100 WHERE id = 'p1'")
+            .execute(&mut *c)
+            .await?;
+        Ok(())
+    })
+    .await
+    .expect("restock");
+    let orders: Vec<_> = (0..50).map(|i| order(&format!("z{i}"), 1)).collect();
+    let done = db
+        .tx_single(async |c| pgbatch::reserve(c, "p1", &orders).await)
+        .await
+        .expect("reserve")
+        .expect("product exists");
+    assert_eq!(done.inserted.len(), 50);
+    let compressed = db
+        .primary(async |c| {
+            let r = sqlx::query(
+                "SELECT pg_column_compression(events) AS m, length(events) AS n FROM shop_outbox",
+            )
+            .fetch_one(&mut *c)
+            .await?;
+            Ok((
+                sqlx::Row::try_get::<Option<String>, _>(&r, "m")?,
+                sqlx::Row::try_get::<i32, _>(&r, "n")?,
+            ))
+        })
+        .await
+        .expect("outbox row");
+    assert_eq!(compressed.0.as_deref(), Some("lz4"), "{compressed:?}");
+    let ev = events(&db).await;
+    assert_eq!(ev.len(), 50);
+    assert!(ev.iter().all(|e| e.kind == "ORDER_RESERVED"));
+}
+
 #[tokio::test]
 async fn reserve_confirm_and_charge_write_all_or_nothing() {
     let (_tdb, db) = open().await;
