@@ -25,6 +25,7 @@
 
 pub mod args;
 mod conn;
+mod cpu;
 mod measure;
 mod pgbench;
 mod progress;

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::args::{ShopBenchArgs, Target, Toggle};
 use crate::conn::WorkerConns;
+use crate::cpu::CpuSnapshot;
 use crate::measure::{self, Driver, HttpClient, Live, Load, Outcome, Recorder, Stats};
 use crate::progress::Progress;
 use crate::report::REPORT_FORMAT_VERSION;
@@ -183,11 +184,14 @@ async fn sale(
         acknowledged += warm.stats.confirmed;
     }
     let before = cache_counters(&control, base).await.ok();
+    let shop_pid = shop.map(SpawnedShop::pid);
+    let cpu_before = CpuSnapshot::take(shop_pid);
     bar.phase("measuring", args.duration);
     let phase = measure::run_phase(&driver, load, args.duration, seed_base + 1, live, |l| {
         bar.tick("measuring", &l)
     })
     .await;
+    let cpu = CpuSnapshot::take(shop_pid).since(&cpu_before);
     let connections_established = shop
         .and_then(|_| base.rsplit(':').next()?.parse::<u16>().ok())
         .and_then(crate::spawn::established_on);
@@ -225,6 +229,7 @@ async fn sale(
             .filter(|c| c.lookups > 0),
         connections_established,
         rss_peak_bytes,
+        cpu,
         settle_s,
         acknowledged_confirmed: acknowledged,
         audit: audit_value,

@@ -99,6 +99,9 @@ pub struct StrategyRun {
     /// Peak resident memory of the shop process (VmHWM, or the highest VmRSS sampled),
     /// in bytes; only for spawned shops.
     pub rss_peak_bytes: Option<u64>,
+    /// CPU time of the shop, PostgreSQL and the bench over the measured phase (Linux).
+    #[serde(default)]
+    pub cpu: Option<CpuFigures>,
     /// Seconds from the end of the load until every order was terminal.
     pub settle_s: f64,
     /// 201 answers the bench received (warm-up included): each must be a CONFIRMED order.
@@ -109,6 +112,22 @@ pub struct StrategyRun {
     pub invariants: Vec<InvariantCheck>,
     /// Whether every check passed.
     pub invariants_ok: bool,
+}
+
+/// CPU seconds each process used over the measured phase, from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct CpuFigures {
+    /// Wall time between the two readings.
+    pub elapsed_s: f64,
+    /// CPUs of the machine (everything below shares them).
+    pub cores: u32,
+    /// The spawned shop (`None` with `--target`).
+    pub shop_s: Option<f64>,
+    /// Every process named `postgres` on this machine, exited backends included (`None`
+    /// when there is none: SQLite, or PostgreSQL elsewhere).
+    pub postgres_s: Option<f64>,
+    /// This bench (the load generator).
+    pub bench_s: Option<f64>,
 }
 
 /// Measurement of one operation of one run.
@@ -310,6 +329,63 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
+/// The CPU table (empty when no run has figures): cores each process kept busy over the
+/// measured phase, and CPU microseconds per request answered (views and purchases).
+fn render_cpu(report: &ShopReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .runs
+        .iter()
+        .filter_map(|r| {
+            let c = r.cpu?;
+            let requests: u64 = r
+                .ops
+                .iter()
+                .filter(|o| o.op == "view" || o.op == "purchase")
+                .map(|o| o.requests)
+                .sum();
+            let cores = |s: Option<f64>| {
+                s.filter(|_| c.elapsed_s > 0.0)
+                    .map_or("-".to_owned(), |s| format!("{:.2}", s / c.elapsed_s))
+            };
+            let per_request = |s: Option<f64>| {
+                s.filter(|_| requests > 0).map_or("-".to_owned(), |s| {
+                    format!("{:.0}", s * 1e6 / requests as f64)
+                })
+            };
+            Some(vec![
+                r.strategy.clone(),
+                cores(c.shop_s),
+                cores(c.postgres_s),
+                cores(c.bench_s),
+                per_request(c.shop_s),
+                per_request(c.postgres_s),
+                per_request(c.bench_s),
+            ])
+        })
+        .collect();
+    let Some(cores) = report.runs.iter().find_map(|r| r.cpu.map(|c| c.cores)) else {
+        return String::new();
+    };
+    let mut out = format!(
+        "CPU over the measured phase ({cores} cores; postgres = every postgres process on this machine):\n"
+    );
+    out.push_str(&table(
+        &[
+            "strategy",
+            "shop cores",
+            "postgres cores",
+            "bench cores",
+            "shop µs/req",
+            "postgres µs/req",
+            "bench µs/req",
+        ],
+        &rows,
+        1,
+    ));
+    out.push('\n');
+    out
+}
+
 /// The tables printed at the end: latency per (strategy, op), then one summary line per
 /// strategy with throughput, the pgbench ratio, cache, memory and the invariants.
 pub fn render_shop(report: &ShopReport) -> String {
@@ -352,6 +428,7 @@ pub fn render_shop(report: &ShopReport) -> String {
         2,
     ));
     out.push('\n');
+    out.push_str(&render_cpu(report));
     let rows: Vec<Vec<String>> = report
         .runs
         .iter()
@@ -566,6 +643,13 @@ mod tests {
             cache: None,
             connections_established: Some(4),
             rss_peak_bytes: Some(50 * 1_048_576),
+            cpu: Some(CpuFigures {
+                elapsed_s: 2.0,
+                cores: 2,
+                shop_s: Some(1.0),
+                postgres_s: None,
+                bench_s: Some(0.4),
+            }),
             settle_s: 0.2,
             acknowledged_confirmed: 9,
             audit: v,
@@ -598,6 +682,19 @@ mod tests {
         );
         assert!(t.trim_end().ends_with("OK"), "{t}");
         assert!(report.invariants_ok());
+        // 20 requests in the phase: 1.0 s of shop CPU over 2 s is 0.50 core and 50,000 µs
+        // per request; no local PostgreSQL.
+        let cpu = t
+            .lines()
+            .skip_while(|l| !l.starts_with("CPU over the measured phase (2 cores"))
+            .nth(2)
+            .unwrap_or_else(|| panic!("no CPU row:\n{t}"));
+        let cols: Vec<&str> = cpu.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            ["batched", "0.50", "-", "0.20", "50000", "-", "20000"],
+            "{t}"
+        );
 
         run.invariants[0].ok = false;
         run.invariants_ok = false;

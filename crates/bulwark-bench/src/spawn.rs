@@ -110,6 +110,11 @@ impl SpawnedShop {
         })
     }
 
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Peak resident memory so far: the kernel's high-water mark (VmHWM), or the highest
     /// VmRSS sampled when that is higher or unavailable.
     pub(crate) fn rss_peak(&self) -> Option<u64> {

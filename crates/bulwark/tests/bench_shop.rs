@@ -2,8 +2,8 @@
 //! `bulwark shop` on a free port over a fresh SQLite file, runs a short 80/20 sale over a
 //! few hundred connections, waits for every order to settle, and reports. Asserted: the
 //! exit status, the invariants, that the JSON document has every figure the table
-//! shows, and that the shop saw one connection per worker. Nothing about speed (the
-//! machine is shared and noisy).
+//! shows, that the shop saw one connection per worker, and that CPU figures were read.
+//! Nothing about speed (the machine is shared and noisy).
 
 use std::process::Command;
 
@@ -90,6 +90,18 @@ fn spawned_sqlite_sale_passes_its_invariants_and_reports_every_figure() {
         (300..=304).contains(&established),
         "{established} connections"
     );
+    // CPU over the measured phase: the shop and the bench both worked, and no process
+    // used more than the machine's cores for the phase's length.
+    let cpu = &run["cpu"];
+    let elapsed = cpu["elapsed_s"].as_f64().expect("elapsed");
+    let cores = cpu["cores"].as_f64().expect("cores");
+    assert!(elapsed >= 2.0, "{cpu}");
+    for side in ["shop_s", "bench_s"] {
+        let s = cpu[side]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{side}: {cpu}"));
+        assert!(s > 0.0 && s <= elapsed * cores + 0.1, "{side}: {cpu}");
+    }
 }
 
 #[test]
