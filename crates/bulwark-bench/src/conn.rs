@@ -56,7 +56,9 @@ impl WorkerConns {
     /// it is not open, and returns the response head; the caller reads the body, which
     /// must end before this worker's next request can go out on the same connection.
     /// A connection whose exchange failed, or was dropped mid-way (a timeout), is closed;
-    /// the worker's next request dials a new one.
+    /// the worker's next request dials a new one. Like a pooled client, a request that
+    /// found its kept-alive connection closed before it was written is sent once more, on
+    /// a new connection.
     pub(crate) async fn send(
         &self,
         worker: usize,
@@ -67,20 +69,28 @@ impl WorkerConns {
         // Taken out for the exchange and put back only when the response head came: a
         // request abandoned half-way (its future dropped) takes its connection with it.
         let cached = slot.lock().await.take();
-        let mut sender = match cached {
+        let (mut sender, reused) = match cached {
             Some(mut s) => match s.ready().await {
-                Ok(()) => s,
-                Err(_) => self.dial().await?,
+                Ok(()) => (s, true),
+                Err(_) => (self.dial().await?, false),
             },
-            None => self.dial().await?,
+            None => (self.dial().await?, false),
         };
-        match sender.send_request(req).await {
-            Ok(resp) => {
-                *slot.lock().await = Some(sender);
-                Ok(resp)
+        let resp = match sender.try_send_request(req).await {
+            Ok(resp) => resp,
+            // A kept-alive connection the server had closed, noticed before the request
+            // was written: the request never left, so it goes once on a new connection.
+            Err(mut e) if reused => {
+                let Some(req) = e.take_message() else {
+                    return Err(Outcome::Other);
+                };
+                sender = self.dial().await?;
+                sender.send_request(req).await.map_err(|_| Outcome::Other)?
             }
-            Err(_) => Err(Outcome::Other),
-        }
+            Err(_) => return Err(Outcome::Other),
+        };
+        *slot.lock().await = Some(sender);
+        Ok(resp)
     }
 
     /// Open connections (slots holding one that has not failed).

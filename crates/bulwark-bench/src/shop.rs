@@ -426,14 +426,19 @@ struct ShopDriver {
 impl ShopDriver {
     fn new(base: &str, args: &ShopBenchArgs, index: u64) -> anyhow::Result<Self> {
         let target: Target = base.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let authority = target
+        let url: Uri = target
             .url
-            .parse::<Uri>()
-            .ok()
-            .and_then(|u| u.authority().map(|a| a.as_str().to_owned()))
-            .with_context(|| format!("no host:port in {:?}", target.url))?;
+            .parse()
+            .with_context(|| format!("bad URL {:?}", target.url))?;
+        let host = url
+            .host()
+            .with_context(|| format!("no host in {:?}", target.url))?;
+        let authority = format!("{host}:{}", url.port_u16().unwrap_or(80));
+        // A base URL with a path (a shop behind a prefix) keeps it.
+        let prefix = url.path().trim_end_matches('/').to_owned();
         let uri = |path: String| -> anyhow::Result<Uri> {
-            path.parse().with_context(|| format!("bad path {path:?}"))
+            let full = format!("{prefix}{path}");
+            full.parse().with_context(|| format!("bad path {full:?}"))
         };
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -679,6 +684,30 @@ impl Recorder for ShopStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn default_args() -> ShopBenchArgs {
+        #[derive(clap::Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            args: ShopBenchArgs,
+        }
+        <Cli as clap::Parser>::try_parse_from(["bench-shop", "--connections", "3"])
+            .expect("defaults parse")
+            .args
+    }
+
+    #[test]
+    fn the_driver_dials_host_and_port_and_keeps_a_base_path() {
+        let args = default_args();
+        let d = ShopDriver::new("http://127.0.0.1:8080", &args, 0).expect("plain");
+        assert_eq!(d.order, "/v1/orders");
+        assert_eq!(d.view.to_string(), format!("/v1/products/{}", args.product));
+        let d = ShopDriver::new("http://shop.internal/api/", &args, 0).expect("prefix");
+        assert_eq!(d.order, "/api/v1/orders");
+        assert!(format!("{:?}", d.conns).contains("\"shop.internal:80\""));
+        let err = ShopDriver::new("https://127.0.0.1:8443", &args, 0).expect_err("https");
+        assert!(err.to_string().contains("http://"), "{err}");
+    }
 
     #[test]
     fn cache_counters_come_from_the_exposition() {
