@@ -330,7 +330,7 @@ fn pct(x: f64) -> String {
 }
 
 /// The CPU table (empty when no run has figures): cores each process kept busy over the
-/// measured phase, and CPU microseconds per request answered (views and purchases).
+/// measured phase, and CPU microseconds per request completed (views and purchases).
 fn render_cpu(report: &ShopReport) -> String {
     let rows: Vec<Vec<String>> = report
         .runs
@@ -386,8 +386,9 @@ fn render_cpu(report: &ShopReport) -> String {
     out
 }
 
-/// The tables printed at the end: latency per (strategy, op), then one summary line per
-/// strategy with throughput, the pgbench ratio, cache, memory and the invariants.
+/// The tables printed at the end: latency per (strategy, op), the CPU table when there
+/// are figures, then one summary line per strategy with throughput, the pgbench ratio,
+/// cache, memory and the invariants.
 pub fn render_shop(report: &ShopReport) -> String {
     let mut out = String::new();
     if let Some(p) = &report.pgbench {
