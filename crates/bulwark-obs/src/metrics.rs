@@ -384,6 +384,31 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The size and time histograms of one group-commit stage.
+    pub fn shop_batch_stage(&self, stage: &str) -> BatchStage {
+        BatchStage {
+            size: self.shop_batch_size.with_label_values(&[stage]),
+            seconds: self.shop_batch_seconds.with_label_values(&[stage]),
+        }
+    }
+}
+
+/// `shop_batch_size` and `shop_batch_seconds` of one stage, resolved once.
+#[derive(Clone, Debug)]
+pub struct BatchStage {
+    size: Histogram,
+    seconds: Histogram,
+}
+
+impl BatchStage {
+    /// Records one batch of `size` operations that took `elapsed`.
+    pub fn observe(&self, size: usize, elapsed: std::time::Duration) {
+        self.size.observe(size as f64);
+        self.seconds.observe(elapsed.as_secs_f64());
+    }
+}
+
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();

@@ -46,18 +46,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         Fut: Future<Output = Vec<Resp>> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<Job<Req, Resp>>(capacity);
-        let m = bulwark_obs::metrics::metrics();
-        let sizes = m.shop_batch_size.with_label_values(&[stage]);
-        let times = m.shop_batch_seconds.with_label_values(&[stage]);
+        let metrics = bulwark_obs::metrics::metrics().shop_batch_stage(stage);
         tracker.spawn(async move {
             let mut jobs = Vec::with_capacity(max_batch);
             while rx.recv_many(&mut jobs, max_batch).await > 0 {
                 let (reqs, replies): (Vec<Req>, Vec<oneshot::Sender<Resp>>) =
                     jobs.drain(..).unzip();
-                sizes.observe(reqs.len() as f64);
-                let started = std::time::Instant::now();
+                let (size, started) = (reqs.len(), std::time::Instant::now());
                 let answers = run(reqs).await;
-                times.observe(started.elapsed().as_secs_f64());
+                metrics.observe(size, started.elapsed());
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     // The caller may have given up (timeout, client gone): nothing to do.
                     let _ = reply.send(answer);
@@ -75,15 +72,25 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     }
 }
 
-/// The answers of a batch that a fast path answered in part: each slot it filled, else
-/// (in order) the next of `rest`, which `finish` gives for the operations it left, in
-/// their order. `finish` runs only when some are left.
-pub(crate) async fn merge_answers<Op, T, E>(
-    answers: Vec<Option<Result<T, E>>>,
-    left: Vec<Op>,
+/// Answers a batch in order, fast path first: `fast` answers an operation, or gives
+/// `None` to leave it; the operations left go, in their order, to `finish` (called only
+/// when some are left), whose answers fill their slots. A slot `finish` did not fill
+/// gets `missing()`.
+pub(crate) async fn answer_fast_first<Op, T, E>(
+    ops: Vec<Op>,
+    mut fast: impl FnMut(&Op) -> Option<Result<T, E>>,
     finish: impl AsyncFnOnce(Vec<Op>) -> Vec<Result<T, E>>,
     missing: impl Fn() -> E,
 ) -> Vec<Result<T, E>> {
+    let mut answers = Vec::with_capacity(ops.len());
+    let mut left = Vec::new();
+    for op in ops {
+        let answer = fast(&op);
+        if answer.is_none() {
+            left.push(op);
+        }
+        answers.push(answer);
+    }
     let mut rest = if left.is_empty() {
         Vec::new().into_iter()
     } else {
@@ -141,23 +148,27 @@ mod tests {
 
     #[tokio::test]
     async fn merged_answers_keep_the_order_of_the_batch() {
-        let fast = vec![Some(Ok(1)), None, Some(Ok(3)), None];
-        let merged = merge_answers(
-            fast,
-            vec![20, 40],
+        let small = |x: &i32| (*x < 10).then_some(Ok(*x));
+        let merged = answer_fast_first(
+            vec![1, 20, 3, 40],
+            small,
             async |left: Vec<i32>| left.into_iter().map(|x| Ok(x / 10)).collect(),
             || "missing",
         )
         .await;
         assert_eq!(merged, vec![Ok(1), Ok(2), Ok(3), Ok(4)]);
-        // Nothing left: `finish` is not called; a slot it should have filled is an error.
-        let merged = merge_answers(
-            vec![Some(Ok(1)), None],
-            Vec::<i32>::new(),
+        // A slot `finish` did not fill is an error.
+        let merged =
+            answer_fast_first(vec![1, 20], small, async |_| Vec::new(), || "missing").await;
+        assert_eq!(merged, vec![Ok(1), Err("missing")]);
+        // Nothing left: `finish` is not called.
+        let merged = answer_fast_first(
+            vec![1],
+            small,
             async |_| panic!("nothing was left"),
             || "missing",
         )
         .await;
-        assert_eq!(merged, vec![Ok(1), Err("missing")]);
+        assert_eq!(merged, vec![Ok(1)]);
     }
 }

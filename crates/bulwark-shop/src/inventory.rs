@@ -819,16 +819,13 @@ struct BatchPlan {
 
 impl ProductWriter {
     async fn run(mut self, mut rx: mpsc::Receiver<WriterJob>, max: usize) {
-        let m = bulwark_obs::metrics::metrics();
-        let sizes = m.shop_batch_size.with_label_values(&["reserve"]);
-        let times = m.shop_batch_seconds.with_label_values(&["reserve"]);
+        let metrics = bulwark_obs::metrics::metrics().shop_batch_stage("reserve");
         let mut jobs = Vec::with_capacity(max);
         while rx.recv_many(&mut jobs, max).await > 0 {
             let (ops, replies): (Vec<WriterOp>, Vec<_>) = jobs.drain(..).unzip();
-            sizes.observe(ops.len() as f64);
             let started = std::time::Instant::now();
             let answers = self.commit(&ops).await;
-            times.observe(started.elapsed().as_secs_f64());
+            metrics.observe(ops.len(), started.elapsed());
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }

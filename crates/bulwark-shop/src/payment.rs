@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::batch::{Batcher, merge_answers};
+use crate::batch::{Batcher, answer_fast_first};
 use crate::config::PaymentConfig;
 use crate::db::{Db, DbError, Dialect};
 use crate::{pgbatch, store};
@@ -188,13 +188,17 @@ async fn apply(db: &Db, ops: Vec<Op>) -> Vec<Result<&'static str, DbError>> {
             "CAPTURED"
         }
     };
-    let mut charges: Vec<(&str, i64, &str)> = Vec::with_capacity(ops.len());
+    let mut charges = Vec::with_capacity(ops.len());
     let mut seen = HashSet::new();
     for op in &ops {
         if let Op::Charge { order, amount } = op {
             let id = order.trim_start_matches('!');
             if seen.insert(id) {
-                charges.push((id, *amount, charged(order)));
+                charges.push(pgbatch::FirstCharge {
+                    order_id: id,
+                    amount_cents: *amount,
+                    status: charged(order),
+                });
             }
         }
     }
@@ -205,25 +209,16 @@ async fn apply(db: &Db, ops: Vec<Op>) -> Vec<Result<&'static str, DbError>> {
         Ok(ids) => ids,
         Err(e) => return vec![Err(e); ops.len()],
     };
-    // Answers in order; a charge not recorded now (its order had a row, or it repeats an
-    // order of this batch) is answered from the ledger by the generic path.
-    let mut answers: Vec<Option<Result<&'static str, DbError>>> = Vec::with_capacity(ops.len());
-    let mut rest = Vec::new();
-    for op in ops {
-        let Op::Charge { order, amount } = op else {
-            continue;
-        };
-        let id = order.trim_start_matches('!');
-        if recorded.remove(id) {
-            answers.push(Some(Ok(charged(&order))));
-        } else {
-            answers.push(None);
-            rest.push(Op::Charge { order, amount });
-        }
-    }
-    merge_answers(
-        answers,
-        rest,
+    // A charge not recorded now (its order had a row, or it repeats an order of this
+    // batch) is answered from the ledger by the generic path.
+    answer_fast_first(
+        ops,
+        |op| match op {
+            Op::Charge { order, .. } if recorded.remove(order.trim_start_matches('!')) => {
+                Some(Ok(charged(order)))
+            }
+            _ => None,
+        },
         async |left| apply_generic(db, left).await,
         || DbError::Other("ledger: answer missing".into()),
     )

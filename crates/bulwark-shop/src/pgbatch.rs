@@ -5,7 +5,8 @@
 //! round trip waits for a CPU on a loaded machine. Here each batch is one statement with
 //! its rows in one JSON parameter, unpacked by `json_to_recordset`, and PostgreSQL's
 //! data-modifying CTEs do the whole transaction: one round trip, one implicit
-//! transaction, one commit. The statement text never changes, so it stays prepared.
+//! transaction, one commit. The statement text is built once and never changes, so it
+//! stays prepared.
 //!
 //! Each function covers the common case only (new reservations, first charges,
 //! confirmations) and says what it left undone; its caller finishes those rows on the
@@ -17,6 +18,7 @@
 //! outbox holds exactly the changes that committed.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row as _};
@@ -67,32 +69,11 @@ pub struct Reserved {
     pub version: i64,
 }
 
-/// Inserts `orders` (new reservations of `product`, step `RESERVED`), takes their units
-/// from the product's stock and appends their `ORDER_RESERVED` events, in one statement.
-/// An order whose idempotency key already has one is skipped, and its units are not
-/// taken. `Err(StockShort)`: fewer units were left than the inserted orders need, and
-/// nothing was written. `Ok(None)`: the product does not exist (nothing written).
-pub async fn reserve(
-    c: &mut AnyConnection,
-    product: &str,
-    orders: &[Order],
-) -> Result<Option<Reserved>, DbError> {
-    let rows: Vec<NewOrder> = orders
-        .iter()
-        .map(|o| NewOrder {
-            id: &o.id,
-            idempotency_key: &o.key,
-            fingerprint: &o.fingerprint,
-            customer_id: &o.customer_id,
-            quantity: o.quantity,
-            amount_cents: o.amount_cents,
-            created_ms: o.created_ms,
-            expires_ms: o.expires_ms,
-        })
-        .collect();
+/// [`reserve`]'s statement. The INSERT joins the product row, so nothing is inserted for
+/// a missing product.
+static RESERVE_SQL: LazyLock<String> = LazyLock::new(|| {
     let event = event_sql("'ORDER_RESERVED'", "$3");
-    // The INSERT joins the product row, so nothing is inserted for a missing product.
-    let sql = format!(
+    format!(
         "WITH input AS ( \
            SELECT * FROM json_to_recordset($1::json) AS x(id text, idempotency_key text, \
              fingerprint text, customer_id text, quantity bigint, amount_cents bigint, \
@@ -117,8 +98,33 @@ pub async fn reserve(
          SELECT t.stock, t.version, \
            (SELECT COALESCE(json_agg(o.id), '[]'::json)::text FROM o) AS ids \
          FROM taken t"
-    );
-    let row = sqlx::query(&sql)
+    )
+});
+
+/// Inserts `orders` (new reservations of `product`, step `RESERVED`), takes their units
+/// from the product's stock and appends their `ORDER_RESERVED` events, in one statement.
+/// An order whose idempotency key already has one is skipped, and its units are not
+/// taken. `Err(StockShort)`: fewer units were left than the inserted orders need, and
+/// nothing was written. `Ok(None)`: the product does not exist (nothing written).
+pub async fn reserve(
+    c: &mut AnyConnection,
+    product: &str,
+    orders: &[Order],
+) -> Result<Option<Reserved>, DbError> {
+    let rows: Vec<NewOrder> = orders
+        .iter()
+        .map(|o| NewOrder {
+            id: &o.id,
+            idempotency_key: &o.key,
+            fingerprint: &o.fingerprint,
+            customer_id: &o.customer_id,
+            quantity: o.quantity,
+            amount_cents: o.amount_cents,
+            created_ms: o.created_ms,
+            expires_ms: o.expires_ms,
+        })
+        .collect();
+    let row = sqlx::query(RESERVE_SQL.as_str())
         .bind(json(&rows)?)
         .bind(product)
         .bind(now_ms())
@@ -135,29 +141,24 @@ pub async fn reserve(
     }))
 }
 
-/// A first charge as the ledger statement reads it.
-#[derive(Serialize)]
-struct Charge<'a> {
-    order_id: &'a str,
-    amount_cents: i64,
-    status: &'a str,
+/// A first charge, as the ledger statement reads it.
+#[derive(Debug, Serialize)]
+pub struct FirstCharge<'a> {
+    /// The order charged.
+    pub order_id: &'a str,
+    /// The amount.
+    pub amount_cents: i64,
+    /// `CAPTURED` or `DECLINED`.
+    pub status: &'a str,
 }
 
-/// Records first charges `(order_id, amount, status)` in the payment ledger, in one
-/// statement; returns the orders recorded. An order that already has a ledger row is
-/// skipped (its caller reads that row on the generic path).
+/// Records first charges in the payment ledger, in one statement; returns the orders
+/// recorded. An order that already has a ledger row is skipped (its caller reads that
+/// row on the generic path).
 pub async fn record_charges(
     c: &mut AnyConnection,
-    charges: &[(&str, i64, &str)],
+    charges: &[FirstCharge<'_>],
 ) -> Result<HashSet<String>, DbError> {
-    let rows: Vec<Charge> = charges
-        .iter()
-        .map(|(order_id, amount_cents, status)| Charge {
-            order_id,
-            amount_cents: *amount_cents,
-            status,
-        })
-        .collect();
     let row = sqlx::query(
         "WITH input AS ( \
            SELECT * FROM json_to_recordset($1::json) AS x(order_id text, amount_cents bigint, \
@@ -168,7 +169,7 @@ pub async fn record_charges(
            ON CONFLICT (order_id) DO NOTHING RETURNING order_id) \
          SELECT COALESCE(json_agg(order_id), '[]'::json)::text AS ids FROM ins",
     )
-    .bind(json(&rows)?)
+    .bind(json(&charges)?)
     .bind(now_ms())
     .fetch_one(&mut *c)
     .await?;
@@ -176,13 +177,10 @@ pub async fn record_charges(
     id_list(&ids)
 }
 
-/// `RESERVED → CONFIRMED` for each of `ids` still `RESERVED`, with their
-/// `PAYMENT_CAPTURED` and `ORDER_CONFIRMED` events, in one statement. Returns the orders
-/// confirmed now, as they are after the change; the others (already past `RESERVED`, or
-/// missing) are left unchanged for the caller to read.
-pub async fn confirm(c: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Order>, DbError> {
+/// [`confirm`]'s statement.
+static CONFIRM_SQL: LazyLock<String> = LazyLock::new(|| {
     let captured = event_sql("k.kind", "$2");
-    let sql = format!(
+    format!(
         "WITH o AS ( \
            UPDATE shop_orders SET step = 'CONFIRMED', status = 'CONFIRMED', attempts = 0, \
              updated_ms = $2, next_attempt_ms = $2 \
@@ -195,11 +193,18 @@ pub async fn confirm(c: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Order>, 
            HAVING COUNT(*) > 0) \
          SELECT {cols} FROM o",
         cols = store::ORDER_COLS
-    );
+    )
+});
+
+/// `RESERVED → CONFIRMED` for each of `ids` still `RESERVED`, with their
+/// `PAYMENT_CAPTURED` and `ORDER_CONFIRMED` events, in one statement. Returns the orders
+/// confirmed now, as they are after the change; the others (already past `RESERVED`, or
+/// missing) are left unchanged for the caller to read.
+pub async fn confirm(c: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Order>, DbError> {
     // It runs on the saga pool, whose connections plan every execution for the table
     // as it is (`Plans::Custom` in `db.rs`): a generic plan made while the table was
     // nearly empty walks the whole primary key per batch.
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(CONFIRM_SQL.as_str())
         .bind(json(&ids)?)
         .bind(now_ms())
         .fetch_all(&mut *c)

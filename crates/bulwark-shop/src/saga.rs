@@ -12,7 +12,7 @@ use bulwark_obs::events::{Emit, SagaStep};
 use bulwark_resilience::retry::{RetryPolicy, backoff_delay};
 use tokio::sync::oneshot;
 
-use crate::batch::{Batcher, merge_answers};
+use crate::batch::{Batcher, answer_fast_first};
 use crate::db::{Db, DbError, Dialect};
 use crate::inventory::{Inventory, Release};
 use crate::model::{Event, Order, Step, now_ms, reason};
@@ -444,26 +444,19 @@ async fn settle(db: &Db, ops: Vec<SettleOp>) -> Vec<Result<Cas, DbError>> {
     };
     let mut won: HashMap<String, Order> =
         confirmed.into_iter().map(|o| (o.id.clone(), o)).collect();
-    // Answers in order; the orders not confirmed now (their compare-and-set lost, they are
-    // missing, or a second confirmation of one order in this batch) go to the generic
-    // path, which reads them and fills their slots.
-    let mut answers: Vec<Option<Result<Cas, DbError>>> = Vec::with_capacity(ops.len());
-    let mut rest = Vec::new();
-    for op in &ops {
-        let answer = won.remove(op.id()).map(|order| {
-            Ok(Cas {
-                won: true,
-                order: Some(order),
+    // The orders not confirmed now (their compare-and-set lost, they are missing, or a
+    // second confirmation of one order in this batch) go to the generic path, which
+    // reads them.
+    answer_fast_first(
+        ops,
+        |op| {
+            won.remove(op.id()).map(|order| {
+                Ok(Cas {
+                    won: true,
+                    order: Some(order),
+                })
             })
-        });
-        if answer.is_none() {
-            rest.push(op.clone());
-        }
-        answers.push(answer);
-    }
-    merge_answers(
-        answers,
-        rest,
+        },
         async |left| settle_generic(db, left).await,
         || DbError::Other("settle: answer missing".into()),
     )

@@ -79,6 +79,16 @@ async fn stock(db: &Db) -> i64 {
         .0
 }
 
+/// The text column `m` of the one row `sql` returns (`None` for SQL NULL).
+async fn text_of(db: &Db, sql: &'static str) -> Option<String> {
+    db.primary(async |c| {
+        let r = sqlx::query(sql).fetch_one(&mut *c).await?;
+        Ok(sqlx::Row::try_get::<Option<String>, _>(&r, "m")?)
+    })
+    .await
+    .expect(sql)
+}
+
 async fn order_count(db: &Db) -> usize {
     let d = db.dialect;
     db.primary(async |c| store::due_orders(c, d, i64::MAX, i64::MAX, 1000).await)
@@ -93,18 +103,13 @@ async fn order_count(db: &Db) -> usize {
 #[tokio::test]
 async fn the_saga_pool_plans_every_execution() {
     let (_tdb, db) = open().await;
-    let mode = |db: Db| async move {
-        db.primary(async |c| {
-            let r = sqlx::query("SELECT current_setting('plan_cache_mode') AS m")
-                .fetch_one(&mut *c)
-                .await?;
-            Ok(sqlx::Row::try_get::<String, _>(&r, "m")?)
-        })
-        .await
-        .expect("setting")
+    let mode = async |db: &Db| {
+        text_of(db, "SELECT current_setting('plan_cache_mode') AS m")
+            .await
+            .expect("setting")
     };
-    assert_eq!(mode(db.for_sagas()).await, "force_custom_plan");
-    assert_eq!(mode(db).await, "auto");
+    assert_eq!(mode(&db.for_sagas()).await, "force_custom_plan");
+    assert_eq!(mode(&db).await, "auto");
 }
 
 /// Migration 0003: the outbox's event batches are compressed with lz4 on a server that
@@ -112,18 +117,13 @@ async fn the_saga_pool_plans_every_execution() {
 #[tokio::test]
 async fn the_outbox_compresses_its_batches_with_lz4() {
     let (_tdb, db) = open().await;
-    let method = db
-        .primary(async |c| {
-            let r = sqlx::query(
-                "SELECT attcompression::text AS m FROM pg_attribute \
-                 WHERE attrelid = 'shop_outbox'::regclass AND attname = 'events'",
-            )
-            .fetch_one(&mut *c)
-            .await?;
-            Ok(sqlx::Row::try_get::<String, _>(&r, "m")?)
-        })
-        .await
-        .expect("attribute");
+    let method = text_of(
+        &db,
+        "SELECT attcompression::text AS m FROM pg_attribute \
+         WHERE attrelid = 'shop_outbox'::regclass AND attname = 'events'",
+    )
+    .await
+    .expect("attribute");
     assert_eq!(method, "l", "shop_outbox.events compression");
     // A batch whose events are well over PostgreSQL's 2 KB TOAST threshold.
     db.primary(async |c| {
@@ -141,21 +141,12 @@ async fn the_outbox_compresses_its_batches_with_lz4() {
         .expect("reserve")
         .expect("product exists");
     assert_eq!(done.inserted.len(), 50);
-    let compressed = db
-        .primary(async |c| {
-            let r = sqlx::query(
-                "SELECT pg_column_compression(events) AS m, length(events) AS n FROM shop_outbox",
-            )
-            .fetch_one(&mut *c)
-            .await?;
-            Ok((
-                sqlx::Row::try_get::<Option<String>, _>(&r, "m")?,
-                sqlx::Row::try_get::<i32, _>(&r, "n")?,
-            ))
-        })
-        .await
-        .expect("outbox row");
-    assert_eq!(compressed.0.as_deref(), Some("lz4"), "{compressed:?}");
+    let compressed = text_of(
+        &db,
+        "SELECT pg_column_compression(events) AS m FROM shop_outbox",
+    )
+    .await;
+    assert_eq!(compressed.as_deref(), Some("lz4"), "{compressed:?}");
     let ev = events(&db).await;
     assert_eq!(ev.len(), 50);
     assert!(ev.iter().all(|e| e.kind == "ORDER_RESERVED"));
@@ -241,16 +232,21 @@ async fn reserve_confirm_and_charge_write_all_or_nothing() {
     assert_eq!(events(&db).await.len(), 7);
 
     // Charges: recorded once; a repeat is skipped and the first status stays.
+    let charge = |order_id, status| pgbatch::FirstCharge {
+        order_id,
+        amount_cents: 100,
+        status,
+    };
     let first = [
-        (a.id.as_str(), 100, "CAPTURED"),
-        (b.id.as_str(), 100, "DECLINED"),
+        charge(a.id.as_str(), "CAPTURED"),
+        charge(b.id.as_str(), "DECLINED"),
     ];
     let recorded = db
         .tx_single(async |c| pgbatch::record_charges(c, &first).await)
         .await
         .expect("charges");
     assert_eq!(recorded.len(), 2);
-    let repeat = [(a.id.as_str(), 100, "DECLINED")];
+    let repeat = [charge(a.id.as_str(), "DECLINED")];
     let recorded = db
         .tx_single(async |c| pgbatch::record_charges(c, &repeat).await)
         .await
