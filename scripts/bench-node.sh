@@ -23,12 +23,8 @@ for tool in redis-server redis-benchmark redis-cli python3; do
 done
 
 echo "building release binaries…" >&2
-if cargo build --release -q -p bulwark 2>/dev/null && target/release/bulwark node --help >/dev/null 2>&1; then
-  NODE_CMD=(target/release/bulwark node)
-else
-  cargo build --release -q -p bulwark-node --example node
-  NODE_CMD=(target/release/examples/node)
-fi
+cargo build --release -q -p bulwark
+NODE_CMD=(target/release/bulwark node)
 
 BENCH_NAME=bench-node
 # shellcheck source=lib/bench-common.sh

@@ -92,7 +92,8 @@ pub async fn run_up(
     }
     let exe = std::env::current_exe().map_err(io_err("cannot locate the bulwark executable"))?;
     let topology = Topology::from_up_args(&args, &exe);
-    init_own_log(&topology)?;
+    let level = bulwark_config::Settings::load(None)?.log_level()?;
+    init_own_log(&topology, level)?;
     run(topology, shutdown).await?;
     Ok(())
 }
@@ -104,7 +105,7 @@ pub const OWN_LOG: &str = "up";
 
 /// Sends this process's JSON log lines (at `LOG_LEVEL`) to `<data>/logs/up.log` and, unless
 /// `--quiet`, to the merged terminal stream as `up | …`.
-fn init_own_log(topology: &Topology) -> Result<(), UpError> {
+fn init_own_log(topology: &Topology, level: bulwark_config::LogLevel) -> Result<(), UpError> {
     let dir = topology.log_dir();
     std::fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
     let path = logs::log_path(&dir, OWN_LOG);
@@ -123,8 +124,7 @@ fn init_own_log(topology: &Topology) -> Result<(), UpError> {
     let echo = topology
         .echo_logs
         .then(|| logs::Echo::new(OWN_LOG, topology.services.len(), width));
-    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "INFO".into());
-    bulwark_obs::logging::init_with_writer(&level, logs::OwnLog::new(file, echo));
+    bulwark_obs::logging::init_with_writer(level.directive(), logs::OwnLog::new(file, echo));
     Ok(())
 }
 

@@ -270,12 +270,62 @@ impl Settings {
         Ok(Duration::from_secs_f64(secs))
     }
 
+    /// `LOG_LEVEL` (default INFO); the one place any command reads it.
+    pub fn log_level(&self) -> Result<LogLevel, ConfigError> {
+        self.parse_or("LOG_LEVEL", LogLevel::Info)
+    }
+
     /// A required setting.
     pub fn required(&self, name: &str, why: &str) -> Result<&str, ConfigError> {
         self.get(name).ok_or_else(|| ConfigError::Missing {
             setting: name.to_string(),
             reason: why.to_string(),
         })
+    }
+}
+
+/// The log level (`LOG_LEVEL`, case-insensitive; Python's names `WARNING` and `CRITICAL`
+/// are accepted, as the seeds use them). Read in one place, [`Settings::log_level`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogLevel {
+    /// Everything, dependencies' chatter aside.
+    Trace,
+    /// Routine events too (health checks, successful shop reads).
+    Debug,
+    /// The default.
+    #[default]
+    Info,
+    /// Warnings and errors.
+    Warn,
+    /// Errors only.
+    Error,
+}
+
+impl LogLevel {
+    /// The `tracing` directive for this level (`info`).
+    pub fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "TRACE" => Ok(LogLevel::Trace),
+            "DEBUG" => Ok(LogLevel::Debug),
+            "INFO" => Ok(LogLevel::Info),
+            "WARN" | "WARNING" => Ok(LogLevel::Warn),
+            "ERROR" | "CRITICAL" => Ok(LogLevel::Error),
+            _ => Err("expected one of DEBUG, INFO, WARNING, ERROR".to_string()),
+        }
     }
 }
 
@@ -338,6 +388,16 @@ mod tests {
             s.seconds_or("UNSET", Duration::from_secs(1), max),
             Ok(Duration::from_secs(1))
         );
+    }
+
+    #[test]
+    fn log_levels_accept_python_names_and_refuse_others() {
+        let level = |v: &str| Settings::from_pairs([("LOG_LEVEL", v)]).log_level();
+        assert_eq!(level("warning"), Ok(LogLevel::Warn));
+        assert_eq!(level("critical"), Ok(LogLevel::Error));
+        assert_eq!(Settings::default().log_level(), Ok(LogLevel::Info));
+        let e = level("LOUD").unwrap_err().to_string();
+        assert!(e.contains("LOG_LEVEL"), "{e}");
     }
 
     #[test]

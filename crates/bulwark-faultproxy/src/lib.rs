@@ -80,7 +80,8 @@ pub async fn run(
     args: ProxyArgs,
     shutdown: impl Future<Output = String> + Send + 'static,
 ) -> anyhow::Result<()> {
-    bulwark_obs::logging::init(&std::env::var("LOG_LEVEL").unwrap_or_else(|_| "INFO".into()));
+    let log_level = bulwark_config::Settings::load(None)?.log_level()?;
+    bulwark_obs::logging::init(log_level.directive());
     if args
         .listen
         .rsplit_once(':')

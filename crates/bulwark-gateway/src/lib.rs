@@ -88,17 +88,9 @@ pub async fn run(
     shutdown: impl Future<Output = String> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = args.settings()?;
-    let log_level = settings.get("LOG_LEVEL").unwrap_or("INFO").to_string();
-    if bulwark_obs::logging::parse_level(&log_level).is_none() {
-        return Err(bulwark_config::ConfigError::invalid(
-            "LOG_LEVEL",
-            &log_level,
-            "expected one of DEBUG, INFO, WARNING, ERROR",
-        )
-        .into());
-    }
+    let log_level = settings.log_level()?;
     let config = GatewayConfig::from_settings(&settings)?;
-    bulwark_obs::logging::init(&log_level);
+    bulwark_obs::logging::init(log_level.directive());
     let listener = TcpListener::bind((config.bind.as_str(), config.port))
         .await
         .with_context(|| {

@@ -109,6 +109,8 @@ pub async fn run(
     args: NodeArgs,
     shutdown: impl Future<Output = String> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let log_level = bulwark_config::Settings::load(None)?.log_level()?;
+    bulwark_obs::logging::init(log_level.directive());
     let listener = tokio::net::TcpListener::bind((args.bind.as_str(), args.port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.bind, args.port))?;

@@ -280,15 +280,7 @@ pub async fn run(
     shutdown: impl Future<Output = String> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = args.settings()?;
-    let log_level = settings.get("LOG_LEVEL").unwrap_or("INFO").to_string();
-    if bulwark_obs::logging::parse_level(&log_level).is_none() {
-        return Err(bulwark_config::ConfigError::invalid(
-            "LOG_LEVEL",
-            &log_level,
-            "expected one of DEBUG, INFO, WARNING, ERROR",
-        )
-        .into());
-    }
+    let log_level = settings.log_level()?;
     let config = ShopConfig::from_settings(&settings)?;
     let listener = TcpListener::bind((config.bind.as_str(), config.port))
         .await
@@ -299,7 +291,7 @@ pub async fn run(
             )
         })?;
     println!("listening on {}", listener.local_addr()?);
-    bulwark_obs::logging::init(&log_level);
+    bulwark_obs::logging::init(log_level.directive());
     serve(listener, config, shutdown).await
 }
 

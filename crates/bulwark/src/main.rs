@@ -83,14 +83,9 @@ fn main() -> ExitCode {
             Command::Up(args) => bulwark_cluster::run_up(args, shutdown_signal())
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            Command::Node(args) => {
-                bulwark_obs::logging::init(
-                    &std::env::var("LOG_LEVEL").unwrap_or_else(|_| "INFO".into()),
-                );
-                bulwark_node::run(args, shutdown_signal())
-                    .await
-                    .map(|()| ExitCode::SUCCESS)
-            }
+            Command::Node(args) => bulwark_node::run(args, shutdown_signal())
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Gateway(args) => bulwark_gateway::run(args, shutdown_signal())
                 .await
                 .map(|()| ExitCode::SUCCESS),
