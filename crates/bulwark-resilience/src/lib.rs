@@ -5,6 +5,8 @@
 //!   be down (SPEC CAP-5), and emits a `CIRCUIT_BREAKER` event on every transition;
 //! * [`retry`]: retry with capped exponential backoff and full jitter, for operations the
 //!   caller declares idempotent;
+//! * [`rate`]: keyed GCRA rate limits with a bounded table (per client address, per API
+//!   key; SPEC OPS-4);
 //! * [`timeout`]: a deadline on a future, with a typed [`timeout::Elapsed`] error, as a
 //!   function and as a tower `Layer`.
 //!
@@ -13,5 +15,6 @@
 #![forbid(unsafe_code)]
 
 pub mod breaker;
+pub mod rate;
 pub mod retry;
 pub mod timeout;
