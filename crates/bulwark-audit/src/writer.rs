@@ -57,6 +57,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Record>,
+    stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     done: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -69,15 +70,17 @@ impl AuditLog {
         }
         let mut writer = Writer::open(config)?;
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, stopped))
             .map_err(|e| AuditError::Io {
                 path: PathBuf::from("audit-writer thread"),
                 source: e,
             })?;
         Ok(AuditLog {
             tx,
+            stop: std::sync::Arc::new(stop),
             done: std::sync::Arc::new(std::sync::Mutex::new(Some(thread))),
         })
     }
@@ -93,11 +96,11 @@ impl AuditLog {
         }
     }
 
-    /// Stops accepting records, waits until the queued ones are appended and fsynced.
+    /// Waits until the records queued so far are appended and fsynced, and stops the
+    /// writer (for every clone: records appended later are reported, not written).
     pub async fn close(self) {
-        let AuditLog { tx, done } = self;
-        drop(tx);
-        let handle = done.lock().ok().and_then(|mut h| h.take());
+        let _ = self.stop.send(true);
+        let handle = self.done.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
@@ -135,7 +138,11 @@ impl Writer {
         })
     }
 
-    fn run(&mut self, mut rx: mpsc::Receiver<Record>) {
+    fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Record>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         // A runtime of its own, only to wait on the queue with a timeout (the pending
         // fsync's deadline); every file operation is plain blocking I/O on this thread.
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -156,16 +163,34 @@ impl Writer {
                     .saturating_sub(self.last_fsync.elapsed())
             });
             let received = rt.block_on(async {
-                match wait {
-                    Some(w) => tokio::time::timeout(w, rx.recv_many(&mut batch, BATCH))
-                        .await
-                        .unwrap_or(usize::MAX),
-                    None => rx.recv_many(&mut batch, BATCH).await,
+                let next = async {
+                    match wait {
+                        Some(w) => tokio::time::timeout(w, rx.recv_many(&mut batch, BATCH))
+                            .await
+                            .unwrap_or(usize::MAX),
+                        None => rx.recv_many(&mut batch, BATCH).await,
+                    }
+                };
+                tokio::select! {
+                    n = next => Some(n),
+                    _ = stop.wait_for(|s| *s) => None,
                 }
             });
+            let received = match received {
+                Some(n) => n,
+                None => {
+                    // Closing: what is queued now is appended, then the thread ends.
+                    rx.close();
+                    while let Ok(r) = rx.try_recv() {
+                        batch.push(r);
+                    }
+                    usize::MAX
+                }
+            };
             if received == 0 {
                 break; // every sender is gone and the queue is empty
             }
+            let closing = *stop.borrow();
             if !batch.is_empty() {
                 if let Err(e) = self.append(&batch) {
                     tracing::error!(event = "AUDIT_WRITE_FAILED", records = batch.len(), error = %e);
@@ -174,6 +199,9 @@ impl Writer {
             }
             if self.unsynced && self.last_fsync.elapsed() >= self.config.fsync_interval {
                 self.sync();
+            }
+            if closing {
+                break;
             }
         }
         if self.unsynced {

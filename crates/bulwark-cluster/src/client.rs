@@ -155,8 +155,9 @@ impl ControlClient {
             return serde_json::from_slice(&body)
                 .map_err(|e| ClientError::BadResponse(e.to_string()));
         }
-        let err: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let message = err.get("error").and_then(|m| m.as_str()).map_or_else(
+        let body_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let err = &body_json["error"];
+        let message = err["message"].as_str().map_or_else(
             || String::from_utf8_lossy(&body).into_owned(),
             str::to_owned,
         );

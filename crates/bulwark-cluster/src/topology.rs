@@ -177,6 +177,11 @@ impl Topology {
         self.data_dir.join("logs")
     }
 
+    /// The audit log every service of the cluster appends to (one chain).
+    pub fn audit_log(&self) -> PathBuf {
+        self.log_dir().join("audit.jsonl")
+    }
+
     /// The directory of the chaos controller's journal.
     pub fn chaos_dir(&self) -> PathBuf {
         self.data_dir.join("chaos")
@@ -246,6 +251,14 @@ impl Topology {
         if args.replicas >= 3 && !args.no_quorum {
             gateways.push(("app_quorum", "quorum", off + QUORUM_PORT, "quorum gateway"));
         }
+        // Every HTTP service appends to the cluster's one audit log (one chain).
+        let audit: (OsString, OsString) = (
+            "AUDIT_LOG".into(),
+            args.data_dir
+                .join("logs")
+                .join("audit.jsonl")
+                .into_os_string(),
+        );
         let proxied = !args.no_chaos_proxy;
         let chaos_token = format!("{:032x}", rand::random::<u128>());
         let mut links = Vec::new();
@@ -272,7 +285,7 @@ impl Topology {
                     "--listen".into(),
                     format!("127.0.0.1:{}", off + CHAOS_PROXY_PORT).into(),
                 ],
-                env: Vec::new(),
+                env: vec![audit.clone()],
                 health: HealthCheck::Http {
                     path: "/version".to_owned(),
                 },
@@ -312,7 +325,10 @@ impl Topology {
                 ],
                 // The admin endpoint's token (clock skew); an environment variable, so it
                 // does not show in `ps`.
-                env: vec![("CHAOS_TOKEN".into(), chaos_token.clone().into())],
+                env: vec![
+                    ("CHAOS_TOKEN".into(), chaos_token.clone().into()),
+                    audit.clone(),
+                ],
                 health: HealthCheck::Http {
                     path: "/health/ready".to_owned(),
                 },
@@ -335,7 +351,7 @@ impl Topology {
                     "--database-url".into(),
                     format!("sqlite://{}", db.display()).into(),
                 ],
-                env: Vec::new(),
+                env: vec![audit.clone()],
                 health: HealthCheck::Http {
                     path: "/health/ready".to_owned(),
                 },

@@ -61,6 +61,9 @@ pub enum UpError {
     /// The fault proxy refused to create the links' proxies.
     #[error("chaos_proxy: {0}")]
     Proxy(String),
+    /// A setting of the control API (credentials, TLS, audit log) is unusable.
+    #[error("{0}")]
+    Config(String),
     /// The chaos controller could not open its journal.
     #[error("chaos controller: {0}")]
     Chaos(#[from] bulwark_chaos::ChaosError),
@@ -232,17 +235,38 @@ impl Cluster {
             .local_addr()
             .map_err(io_err("control API address"))?;
         let stop_server = CancellationToken::new();
-        let app = control::router(supervisor.clone()).merge(bulwark_chaos::api::router(
-            chaos.clone(),
-            &format!("http://{control_addr}"),
+        let http = control_http(topology, control_addr)?;
+        let admission = Arc::new(bulwark_http::admission::Admission::new(
+            control::MAX_IN_FLIGHT,
         ));
+        let routes = control::router(supervisor.clone())
+            .merge(bulwark_chaos::api::router(
+                chaos.clone(),
+                &control_url(control_addr, &http),
+            ))
+            .layer(axum::middleware::from_fn(move |req, next| {
+                let admission = admission.clone();
+                async move {
+                    bulwark_http::admission::admit(
+                        &admission,
+                        bulwark_chaos::api::MAX_BODY,
+                        req,
+                        next,
+                    )
+                    .await
+                }
+            }));
+        let (app, security) = http
+            .stack(OWN_LOG, control::observed(), routes)
+            .map_err(|e| UpError::Config(e.to_string()))?;
         let stop = stop_server.clone();
+        let serve_options = http.serve.clone();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                eprintln!("bulwark up: control API failed: {e}");
-            }
+            bulwark_http::serve(listener, app, serve_options, async move {
+                stop.cancelled().await;
+            })
+            .await;
+            security.close().await;
         });
         Ok(Cluster {
             supervisor,
@@ -355,6 +379,46 @@ impl Cluster {
         self.stop_server.cancel();
         let _ = tokio::time::timeout(API_DRAIN, self.server).await;
     }
+}
+
+/// The control API's listener and security, from `up`'s settings (the same names as
+/// every HTTP service: `API_KEYS_FILE`, `TLS_*`, `RATE_LIMIT*`, `AUDIT_LOG`) and its
+/// address. Its audit log is the cluster's, `<data-dir>/logs/audit.jsonl`, unless
+/// `AUDIT_LOG` says otherwise; its rate limits are off unless set (its clients are the
+/// operator and the chaos runner).
+fn control_http(
+    topology: &Topology,
+    addr: SocketAddr,
+) -> Result<bulwark_http::HttpConfig, UpError> {
+    let mut settings =
+        bulwark_config::Settings::load(None).map_err(|e| UpError::Config(e.to_string()))?;
+    settings.set("CONTROL_BIND", addr.ip().to_string());
+    settings.set("CONTROL_PORT", addr.port().to_string());
+    if settings.get("AUDIT_LOG").is_none() {
+        settings.set("AUDIT_LOG", topology.audit_log().display().to_string());
+    }
+    if settings.get("RATE_LIMIT").is_none() {
+        settings.set("RATE_LIMIT", "off");
+    }
+    bulwark_http::HttpConfig::from_settings(
+        &settings,
+        bulwark_http::Listen {
+            bind: "CONTROL_BIND",
+            port: "CONTROL_PORT",
+            default_port: addr.port(),
+        },
+    )
+    .map_err(|e| UpError::Config(e.to_string()))
+}
+
+/// The control API's base URL.
+fn control_url(addr: SocketAddr, http: &bulwark_http::HttpConfig) -> String {
+    let scheme = if http.serve.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{addr}")
 }
 
 /// Tries to bind every service and link port on 127.0.0.1; the first taken one is the

@@ -44,6 +44,30 @@ const MAX_BODY: usize = 1 << 20;
 
 type Shared = State<Arc<Proxies>>;
 
+/// What `REQUEST_COMPLETED` and the security layer need to know of the API.
+pub(crate) fn observed() -> bulwark_http::Observed {
+    bulwark_http::Observed {
+        mode: "PROXY",
+        classify,
+        routine: |op, _| op == "version",
+    }
+}
+
+/// `/version` is open (it is the health check); everything else needs `admin` when
+/// credentials are configured (in protected mode every loopback client may call it,
+/// as Toxiproxy's clients expect).
+fn classify(_method: &axum::http::Method, route: Option<&str>) -> bulwark_http::route::Route {
+    use bulwark_http::route::{Role, Route};
+    match route {
+        Some("/version") => Route::open("version"),
+        Some("/metrics") => Route::needs("metrics", Role::Read),
+        Some(r) if r.starts_with("/proxies") || r == "/populate" || r == "/reset" => {
+            Route::needs("proxies", Role::Admin)
+        }
+        _ => Route::needs("other", Role::Admin),
+    }
+}
+
 /// The API's routes over `proxies`.
 pub(crate) fn router(proxies: Arc<Proxies>) -> Router {
     Router::new()

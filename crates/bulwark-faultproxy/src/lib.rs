@@ -99,17 +99,52 @@ pub async fn run(
         )
         .into());
     }
+    let http = http_config(&args.listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen.as_str())
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    serve(listener, args, shutdown).await
+    serve_with(listener, args, http, shutdown).await
 }
 
-/// Like [`run`], on a listener the caller already bound (tests bind port 0 first).
-/// `args.listen` is ignored.
+/// The API's listener and security from the settings every HTTP service shares
+/// (`API_KEYS_FILE`, `TLS_*`, …) and `--listen`. Toxiproxy's clients send no
+/// credentials, so protected mode is the expected set-up: loopback only; any other
+/// address needs credentials and TLS.
+fn http_config(listen: &str) -> Result<bulwark_http::HttpConfig, ConfigError> {
+    let (host, port) = listen
+        .rsplit_once(':')
+        .ok_or_else(|| ConfigError::invalid("CHAOS_PROXY_LISTEN", listen, "expected host:port"))?;
+    let mut settings = bulwark_config::Settings::load(None)?;
+    settings.set(
+        "CHAOS_PROXY_LISTEN",
+        host.trim_start_matches('[').trim_end_matches(']'),
+    );
+    settings.set("CHAOS_PROXY_PORT", port);
+    bulwark_http::HttpConfig::from_settings(
+        &settings,
+        bulwark_http::Listen {
+            bind: "CHAOS_PROXY_LISTEN",
+            port: "CHAOS_PROXY_PORT",
+            default_port: 8474,
+        },
+    )
+}
+
+/// Like [`run`], on a listener the caller already bound (tests bind port 0 first), in
+/// protected mode (loopback, no credentials). `args.listen` is ignored.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     args: ProxyArgs,
+    shutdown: impl Future<Output = String> + Send + 'static,
+) -> anyhow::Result<()> {
+    let http = http_config("127.0.0.1:0")?;
+    serve_with(listener, args, http, shutdown).await
+}
+
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    args: ProxyArgs,
+    http: bulwark_http::HttpConfig,
     shutdown: impl Future<Output = String> + Send + 'static,
 ) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(rand::random);
@@ -120,22 +155,22 @@ pub async fn serve(
     if let Some(path) = &args.config {
         populate_from_file(&proxies, path).await?;
     }
-    let addr = listener.local_addr()?.to_string();
+    let addr = listener.local_addr()?;
     ServiceStarted {
         service: "chaos_proxy",
-        addr: &addr,
-        detail: &format!("toxiproxy-compatible API, seed {seed}"),
+        addr: &bulwark_http::describe(addr, &http.serve),
+        detail: &format!("toxiproxy-compatible API, seed {seed}, {}", http.describe()),
     }
     .emit();
+    let (app, security) =
+        http.stack("chaos_proxy", api::observed(), api::router(proxies.clone()))?;
     let (reason_tx, reason_rx) = tokio::sync::oneshot::channel::<String>();
     let graceful = async move {
         let reason = shutdown.await;
         let _ = reason_tx.send(reason);
     };
-    axum::serve(listener, api::router(proxies.clone()))
-        .with_graceful_shutdown(graceful)
-        .await
-        .context("fault proxy API failed")?;
+    bulwark_http::serve(listener, app, http.serve.clone(), graceful).await;
+    security.close().await;
     let reason = reason_rx.await.unwrap_or_default();
     let open = proxies.connections().await;
     ShutdownEvent {
@@ -146,13 +181,7 @@ pub async fn serve(
     }
     .emit();
     proxies.shutdown().await;
-    ShutdownEvent {
-        service: "chaos_proxy",
-        signal: &reason,
-        phase: "completed",
-        in_flight: 0,
-    }
-    .emit();
+    bulwark_http::shutdown_completed("chaos_proxy", &reason);
     Ok(())
 }
 

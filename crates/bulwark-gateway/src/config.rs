@@ -5,6 +5,7 @@ use std::time::Duration;
 use bulwark_config::{ConfigError, Environment, Settings};
 use bulwark_core::Limits;
 use bulwark_core::ae::AE_BUCKETS;
+use bulwark_http::{HttpConfig, Listen};
 use bulwark_replica::{Dialect, ReplicaSpec};
 use bulwark_resilience::breaker::BreakerConfig;
 
@@ -26,10 +27,10 @@ pub struct GatewayConfig {
     pub name: String,
     /// Default consistency mode for requests that do not choose one. `MODE`.
     pub mode: Mode,
-    /// Address to listen on. `BIND` (default 127.0.0.1) and `PORT` (default by mode).
-    pub bind: String,
-    /// Port to listen on; 0 picks a free one (tests).
-    pub port: u16,
+    /// The listener, its limits and its security: `BIND` (default 127.0.0.1), `PORT`
+    /// (default by mode; 0 picks a free one), `API_KEYS_FILE`, `TLS_*`, `RATE_LIMIT*`,
+    /// `AUDIT_LOG`, … (docs/design/security.md).
+    pub http: HttpConfig,
     /// The replicas, in preference order (the first is the primary). `REPLICAS`.
     pub replicas: Vec<ReplicaSpec>,
     /// What the replicas are: `bulwark` nodes or real `redis` servers. `BACKEND`.
@@ -164,8 +165,14 @@ impl GatewayConfig {
         Ok(GatewayConfig {
             name,
             mode,
-            bind: s.get("BIND").unwrap_or("127.0.0.1").to_string(),
-            port: s.parse_or("PORT", mode.default_port())?,
+            http: HttpConfig::from_settings(
+                s,
+                Listen {
+                    bind: "BIND",
+                    port: "PORT",
+                    default_port: mode.default_port(),
+                },
+            )?,
             replicas,
             backend: s.parse_or("BACKEND", Dialect::Bulwark)?,
             network_timeout,
@@ -238,7 +245,7 @@ mod tests {
     fn defaults_match_the_seed() {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.mode, Mode::Ap);
-        assert_eq!(c.port, 5001);
+        assert_eq!(c.http.port, 5001);
         assert_eq!(c.network_timeout, Duration::from_millis(200));
         assert_eq!(c.max_staleness_ms, 500);
         assert_eq!(c.breaker.failure_threshold, 3);
@@ -300,6 +307,6 @@ mod tests {
             ("REPLICAS", "a=127.0.0.1:1,b=127.0.0.1:2,c=127.0.0.1:3"),
         ])
         .unwrap();
-        assert_eq!(c.port, 5003);
+        assert_eq!(c.http.port, 5003);
     }
 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bulwark_config::Settings;
-use bulwark_obs::events::{Emit, ServiceStarted, ShutdownEvent};
+use bulwark_obs::events::{Emit, ServiceStarted};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -91,12 +91,13 @@ pub async fn run(
     let log_level = settings.log_level()?;
     let config = GatewayConfig::from_settings(&settings)?;
     bulwark_obs::logging::init(log_level.directive());
-    let listener = TcpListener::bind((config.bind.as_str(), config.port))
+    let http = &config.http;
+    let listener = TcpListener::bind((http.bind.as_str(), http.port))
         .await
         .with_context(|| {
             format!(
                 "cannot listen on {}:{} (setting PORT)",
-                config.bind, config.port
+                http.bind, http.port
             )
         })?;
     serve(listener, config, shutdown).await
@@ -120,12 +121,17 @@ pub async fn serve(
     }
     let state = Arc::new(AppState {
         sessions: SessionCodec::new(&config.secret_key),
-        in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
+        admission: bulwark_http::admission::Admission::new(config.max_in_flight),
         engine: Engine::new(config),
     });
     let config = &state.engine.config;
+    let (app, security) = config.http.stack(
+        &config.name,
+        http::observed(config.mode),
+        http::router(state.clone()),
+    )?;
     let detail = format!(
-        "mode={} backend={:?} replicas={} timeout_ms={} max_staleness_ms={}",
+        "mode={} backend={:?} replicas={} timeout_ms={} max_staleness_ms={} {}",
         config.mode,
         config.backend,
         config
@@ -136,51 +142,27 @@ pub async fn serve(
             .join(","),
         config.network_timeout.as_millis(),
         config.max_staleness_ms,
+        config.http.describe(),
     );
     ServiceStarted {
         service: &config.name,
-        addr: &addr.to_string(),
+        addr: &bulwark_http::describe(addr, &config.http.serve),
         detail: &detail,
     }
     .emit();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = tokio::spawn(background(state.clone(), stop_rx.clone()));
-
-    // The shutdown signal: remember why, start the drain deadline.
-    let (signal_tx, mut signal_rx) = watch::channel(None::<String>);
-    let name = config.name.clone();
-    let graceful = {
-        let mut signal_rx = signal_rx.clone();
-        async move {
-            let _ = signal_rx.wait_for(Option::is_some).await;
-        }
-    };
-    tokio::spawn(async move {
-        let reason = shutdown.await;
-        ShutdownEvent {
-            service: &name,
-            signal: &reason,
-            phase: "started",
-            in_flight: 0,
-        }
-        .emit();
-        let _ = signal_tx.send(Some(reason));
-    });
-
-    let app = http::router(state.clone());
-    // HTTP/1.1 keep-alive, TCP_NODELAY (responses are small and latency is the point),
-    // graceful drain once `graceful` resolves.
-    let server = bulwark_http::serve_http1(listener, app, graceful);
     let deadline = config.shutdown_timeout;
-    let drain_deadline = async {
-        let _ = signal_rx.wait_for(Option::is_some).await;
-        tokio::time::sleep(deadline).await;
-    };
-    tokio::select! {
-        () = server => {}
-        () = drain_deadline => tracing::warn!(event = "SHUTDOWN_DEADLINE", message = "in-flight requests did not finish in time"),
-    }
+    let reason = bulwark_http::serve_until_shutdown(
+        &config.name,
+        listener,
+        app,
+        config.http.serve.clone(),
+        deadline,
+        shutdown,
+    )
+    .await;
     let _ = stop_tx.send(true);
     let _ = background.await;
     let left = state
@@ -190,14 +172,8 @@ pub async fn serve(
     if left > 0 {
         tracing::warn!(event = "HINTS_UNDELIVERED", hints = left);
     }
-    let reason = signal_rx.borrow().clone().unwrap_or_default();
-    ShutdownEvent {
-        service: &config.name,
-        signal: &reason,
-        phase: "completed",
-        in_flight: 0,
-    }
-    .emit();
+    security.close().await;
+    bulwark_http::shutdown_completed(&config.name, &reason);
     Ok(())
 }
 

@@ -2,10 +2,13 @@
 //! request, and the `REQUEST_COMPLETED` event (log line + request metrics) when it ends.
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use bulwark_obs::events::{Emit, RequestCompleted};
+
+use crate::guard::REFUSED_PATH;
+use crate::route::Classify;
 
 /// The correlation id of a request: the client's `X-Request-Id` when it is sane (1–128
 /// visible ASCII characters), else a fresh one. Handlers read it as an extension; the
@@ -18,8 +21,8 @@ pub struct RequestId(pub String);
 pub struct Observed {
     /// The `mode` of `REQUEST_COMPLETED` (`AP`, `CP`, `QUORUM`, `SHOP`).
     pub mode: &'static str,
-    /// The metric label of a request, from its method and matched route.
-    pub operation: fn(&Method, Option<&str>) -> &'static str,
+    /// The service's routes (the metric label of a request).
+    pub classify: Classify,
     /// Whether a finished request is routine (logged at DEBUG, not INFO), from its
     /// operation and status.
     pub routine: fn(&'static str, u16) -> bool,
@@ -36,11 +39,17 @@ pub async fn observe(State(o): State<Observed>, mut req: Request, next: Next) ->
         .map(str::to_string)
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let operation = (o.operation)(
-        &method,
-        req.extensions().get::<MatchedPath>().map(|m| m.as_str()),
-    );
+    // MatchedPath is an `Arc<str>`: cloning it costs no allocation.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let refused = req.uri().path() == REFUSED_PATH;
+    let (operation, route) = match &matched {
+        Some(template) => (
+            (o.classify)(&method, Some(template.as_str())).operation,
+            template.as_str(),
+        ),
+        None if refused => ("refused", "<refused>"),
+        None => ((o.classify)(&method, None).operation, "<unmatched>"),
+    };
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let mut response = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -52,7 +61,7 @@ pub async fn observe(State(o): State<Observed>, mut req: Request, next: Next) ->
         mode: o.mode,
         operation,
         method: method.as_str(),
-        path: &path,
+        route,
         status,
         latency: started.elapsed(),
         routine: (o.routine)(operation, status),

@@ -36,8 +36,11 @@ pub struct RequestCompleted<'a> {
     pub operation: &'a str,
     /// HTTP method.
     pub method: &'a str,
-    /// Request path (keys are not secret; values never appear in paths of the JSON API).
-    pub path: &'a str,
+    /// The `path` field: the route template (`/write/{key}/{value}`), never the raw
+    /// path, since the seed's write URL carries the value and values are never logged.
+    /// `<unmatched>` for a path no route matches, `<refused>` for a request head
+    /// refused before routing.
+    pub route: &'a str,
     /// Response status code.
     pub status: u16,
     /// Time from request received to response ready.
@@ -70,7 +73,7 @@ impl Emit for RequestCompleted<'_> {
             request_id = self.request_id,
             mode = self.mode,
             method = self.method,
-            path = self.path,
+            path = self.route,
             status = self.status,
             latency_ms = format!("{:.2}", secs * 1000.0),
         );
@@ -806,6 +809,52 @@ impl Emit for OutboxPublishFailed<'_> {
             sink = self.sink,
             events = self.events,
             error = self.error,
+        );
+    }
+}
+
+/// Credentials or a certificate were reloaded from their file (`RELOADED`, INFO).
+#[derive(Debug)]
+pub struct Reloaded<'a> {
+    /// What: `api_keys`, `tls_certificate`.
+    pub what: &'a str,
+    /// The file.
+    pub file: &'a str,
+    /// A short description (how many keys; the certificate's subject) without secrets.
+    pub detail: &'a str,
+}
+
+impl Emit for Reloaded<'_> {
+    fn emit(self) {
+        tracing::info!(
+            event = "RELOADED",
+            what = self.what,
+            file = self.file,
+            detail = self.detail
+        );
+    }
+}
+
+/// A reload failed and the previous credentials or certificate stay in force
+/// (`RELOAD_FAILED`, ERROR).
+#[derive(Debug)]
+pub struct ReloadFailed<'a> {
+    /// What: `api_keys`, `tls_certificate`.
+    pub what: &'a str,
+    /// The file.
+    pub file: &'a str,
+    /// What is wrong with it (never its content).
+    pub error: &'a str,
+}
+
+impl Emit for ReloadFailed<'_> {
+    fn emit(self) {
+        tracing::error!(
+            event = "RELOAD_FAILED",
+            what = self.what,
+            file = self.file,
+            error = self.error,
+            message = "the previous version stays in force"
         );
     }
 }

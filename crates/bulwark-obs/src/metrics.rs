@@ -93,6 +93,19 @@ pub struct Metrics {
     pub shop_outbox_backlog: IntGauge,
     /// `shop_events_published_total{sink}`: events handed to the bus and acknowledged.
     pub shop_events_published: IntCounterVec,
+    /// `http_auth_refusals_total{reason}`: requests refused by the security layer
+    /// (`unauthenticated`, `forbidden`, `not_loopback`).
+    pub http_auth_refusals: IntCounterVec,
+    /// `http_rate_limited_total{class}`: requests refused with 429 by a rate limit, by
+    /// route class (`read`, `write`, `admin`).
+    pub http_rate_limited: IntCounterVec,
+    /// `http_connections_refused_total{reason}`: connections or request heads refused
+    /// before reaching a service, by refusal code.
+    pub http_connections_refused: IntCounterVec,
+    /// `http_connections_open`: connections open on this process's HTTP listener.
+    pub http_connections_open: IntGauge,
+    /// `http_shed_total`: data requests shed with 503 `OVERLOADED` (`MAX_IN_FLIGHT`).
+    pub http_shed: IntCounterVec,
 }
 
 /// Batch sizes from 1 to 4096 (powers of two).
@@ -137,6 +150,14 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Hi
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
+        let http_connections_open = IntGauge::new(
+            "http_connections_open",
+            "Connections open on this process's HTTP listener.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(http_connections_open.clone()))
+            .expect("metric registered once");
         let node_fsync = Histogram::with_opts(
             HistogramOpts::new(
                 "node_fsync_seconds",
@@ -378,6 +399,31 @@ impl Metrics {
                 "fault_proxy_toxics",
                 "Toxics active on a fault proxy.",
                 &["proxy"],
+            ),
+            http_auth_refusals: counter(
+                &registry,
+                "http_auth_refusals_total",
+                "Requests refused by authentication or authorization, by reason.",
+                &["reason"],
+            ),
+            http_rate_limited: counter(
+                &registry,
+                "http_rate_limited_total",
+                "Requests refused with 429 by a rate limit, by route class.",
+                &["class"],
+            ),
+            http_connections_refused: counter(
+                &registry,
+                "http_connections_refused_total",
+                "Connections or request heads refused before reaching the service, by code.",
+                &["reason"],
+            ),
+            http_connections_open,
+            http_shed: counter(
+                &registry,
+                "http_shed_total",
+                "Data requests shed with 503 OVERLOADED beyond MAX_IN_FLIGHT.",
+                &[],
             ),
             registry,
         }

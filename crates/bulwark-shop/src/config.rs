@@ -108,10 +108,10 @@ pub struct PaymentConfig {
 /// Everything the service needs to run.
 #[derive(Clone, Debug)]
 pub struct ShopConfig {
-    /// Address to bind. `SHOP_BIND` (default 127.0.0.1).
-    pub bind: String,
-    /// Port; 0 picks a free one and prints it. `SHOP_PORT` (default 8080).
-    pub port: u16,
+    /// The listener, its limits and its security: `SHOP_BIND` (default 127.0.0.1),
+    /// `SHOP_PORT` (default 8080; 0 picks a free one and prints it), `API_KEYS_FILE`,
+    /// `TLS_*`, `RATE_LIMIT*`, `AUDIT_LOG`, … (docs/design/security.md).
+    pub http: bulwark_http::HttpConfig,
     /// Database connections and their bounds.
     pub db: DbConfig,
     /// Purchase strategy. `SHOP_STRATEGY` (default batched).
@@ -126,14 +126,14 @@ pub struct ShopConfig {
     pub nats_stream: String,
     /// Payment simulator.
     pub payment: PaymentConfig,
-    /// Purchase requests in flight at once; beyond it 429 with `Retry-After`.
+    /// Purchase requests in flight at once; beyond it 503 `OVERLOADED` with `Retry-After`.
     /// `SHOP_MAX_IN_FLIGHT` (default 8192).
     pub max_in_flight: usize,
-    /// Reservations queued per product writer; beyond it 429. `SHOP_QUEUE_PER_PRODUCT`
+    /// Reservations queued per product writer; beyond it 503. `SHOP_QUEUE_PER_PRODUCT`
     /// (default 8192).
     pub queue_per_product: usize,
     /// Longest a `layered` purchase waits for its product's lock (this process's FIFO
-    /// lane, then the Redis lock) before 429. `SHOP_LOCK_WAIT_MS` (default 2000).
+    /// lane, then the Redis lock) before 503. `SHOP_LOCK_WAIT_MS` (default 2000).
     pub lock_wait: Duration,
     /// Most operations merged into one transaction. `SHOP_BATCH_MAX` (default 512).
     pub batch_max: usize,
@@ -242,8 +242,14 @@ impl ShopConfig {
             s.seconds_or(name, Duration::from_secs(default), Duration::from_secs(max))
         };
         Ok(ShopConfig {
-            bind: s.get("SHOP_BIND").unwrap_or("127.0.0.1").to_string(),
-            port: s.parse_or("SHOP_PORT", 8080)?,
+            http: bulwark_http::HttpConfig::from_settings(
+                s,
+                bulwark_http::Listen {
+                    bind: "SHOP_BIND",
+                    port: "SHOP_PORT",
+                    default_port: 8080,
+                },
+            )?,
             db: DbConfig {
                 url,
                 replica_url,
@@ -308,7 +314,7 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let c = cfg(&[]).unwrap();
-        assert_eq!(c.port, 8080);
+        assert_eq!(c.http.port, 8080);
         assert_eq!(c.strategy, Strategy::Batched);
         assert_eq!(c.db.url, "sqlite://./data/shop.db");
         assert_eq!(c.payment.latency, Duration::from_millis(2));

@@ -6,7 +6,7 @@
 //! Middleware, in request order: request id (`X-Request-Id` from the client if sane,
 //! else generated; echoed) with the `REQUEST_COMPLETED` event and request metrics; then
 //! the handler. Purchases pass admission control (`SHOP_MAX_IN_FLIGHT` and the
-//! per-product queue bound), beyond which they get 429 `OVERLOADED` with `Retry-After`.
+//! per-product queue bound), beyond which they get 503 `OVERLOADED` with `Retry-After`.
 //! Bodies are limited to 64 KiB for purchases and 4 MiB for seeding.
 
 use std::sync::Arc;
@@ -15,10 +15,10 @@ use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bulwark_http::{ApiError, Observed, observe};
+use bulwark_http::route::{Role, Route};
+use bulwark_http::{ApiError, Observed};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::OpenApi as _;
@@ -87,31 +87,33 @@ pub fn router(shop: Arc<Shop>) -> Router {
         .route("/v1/admin/replica", get(replica))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .layer(middleware::from_fn_with_state(
-            Observed {
-                mode: "SHOP",
-                operation,
-                // A flash sale is mostly successful reads and sold-out purchases.
-                routine: |op, status| op == "health" || status < 300 || status == 409,
-            },
-            observe,
-        ))
         .with_state(shop)
 }
 
-/// The metric label for a route.
-fn operation(method: &Method, route: Option<&str>) -> &'static str {
+/// What `REQUEST_COMPLETED` and the security layer need to know of the shop.
+pub fn observed() -> Observed {
+    Observed {
+        mode: "SHOP",
+        classify,
+        // A flash sale is mostly successful reads and sold-out purchases.
+        routine: |op, status| op == "health" || status < 300 || status == 409,
+    }
+}
+
+/// Each route's metric label and who may call it: catalog and order reads need `read`,
+/// purchases `write`, everything under `/v1/admin/` `admin`.
+pub fn classify(method: &Method, route: Option<&str>) -> Route {
     match (route, method) {
-        (Some("/v1/products"), _) => "list_products",
-        (Some("/v1/products/{id}"), _) => "get_product",
-        (Some("/v1/products/{id}/stock"), _) => "get_stock",
-        (Some("/v1/orders"), _) => "purchase",
-        (Some("/v1/orders/{id}"), _) => "get_order",
-        (Some(p), _) if p.starts_with("/v1/admin/") => "admin",
-        (Some("/health" | "/health/ready"), _) => "health",
-        (Some("/metrics"), _) => "metrics",
-        (Some("/openapi.json"), _) => "openapi",
-        _ => "other",
+        (Some("/v1/products"), _) => Route::needs("list_products", Role::Read),
+        (Some("/v1/products/{id}"), _) => Route::needs("get_product", Role::Read),
+        (Some("/v1/products/{id}/stock"), _) => Route::needs("get_stock", Role::Read),
+        (Some("/v1/orders"), &Method::POST) => Route::needs("purchase", Role::Write),
+        (Some("/v1/orders/{id}"), _) => Route::needs("get_order", Role::Read),
+        (Some(p), _) if p.starts_with("/v1/admin/") => Route::needs("admin", Role::Admin),
+        (Some("/health" | "/health/ready"), _) => Route::open("health"),
+        (Some("/openapi.json"), _) => Route::open("openapi"),
+        (Some("/metrics"), _) => Route::needs("metrics", Role::Read),
+        _ => Route::needs("other", Role::Read),
     }
 }
 
@@ -133,9 +135,11 @@ async fn health() -> Response {
 }
 
 async fn ready(State(shop): State<Arc<Shop>>) -> Response {
-    let up = shop.db.ping().await;
+    let shedding = shop.admission.shedding();
+    let up = shop.db.ping().await && !shedding;
     let body = json!({
         "status": if up { "ready" } else { "not_ready" },
+        "shedding": shedding,
         "database": shop.db.dialect.as_str(),
         "breaker": shop.db.breaker.snapshot().state,
     });
@@ -394,7 +398,7 @@ async fn purchase(
             .with_label_values(&[strategy, outcome])
             .inc();
     };
-    let Ok(_permit) = shop.in_flight.try_acquire() else {
+    let Some(_permit) = shop.admission.try_admit() else {
         count("overloaded");
         return Err(overloaded(shop.config.max_in_flight, rid));
     };
@@ -521,9 +525,10 @@ async fn purchase(
     }
 }
 
+/// Load shedding (503, as the gateway's): distinct from a client's own rate limit (429).
 fn overloaded(limit: usize, rid: &str) -> ApiError {
     ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::SERVICE_UNAVAILABLE,
         "OVERLOADED",
         format!("more than {limit} purchases waiting; retry later"),
         rid,

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bulwark_config::Settings;
-use bulwark_obs::events::{Emit, ServiceStarted, ShutdownEvent};
+use bulwark_obs::events::{Emit, ServiceStarted};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -86,7 +86,7 @@ pub struct ShopArgs {
     /// Seed of the payment simulator's decisions (SHOP_PAYMENT_SEED; default 42).
     #[arg(long)]
     pub payment_seed: Option<String>,
-    /// Purchases in flight before 429 (SHOP_MAX_IN_FLIGHT; default 8192).
+    /// Purchases in flight before 503 (SHOP_MAX_IN_FLIGHT; default 8192).
     #[arg(long)]
     pub max_in_flight: Option<String>,
     /// A TOML config file with the same settings (BULWARK_CONFIG).
@@ -131,8 +131,8 @@ pub struct Shop {
     pub saga: Arc<Saga>,
     /// The outbox relay.
     pub outbox: Arc<Outbox>,
-    /// Purchase admission (`SHOP_MAX_IN_FLIGHT`).
-    pub in_flight: tokio::sync::Semaphore,
+    /// Purchase admission (`SHOP_MAX_IN_FLIGHT`); readiness reports its shedding.
+    pub admission: bulwark_http::admission::Admission,
     /// Purchases and reconciliation hold it shared; a sale reset (or reseed) holds it
     /// exclusively, so no purchase runs while the state is wiped, and no reconciliation
     /// compares a cache entry of the old sale with the new one's row versions.
@@ -218,7 +218,7 @@ impl Shop {
         );
         let outbox = Arc::new(Outbox::new(db.clone(), sink));
         Ok(Arc::new(Shop {
-            in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
+            admission: bulwark_http::admission::Admission::new(config.max_in_flight),
             config,
             db,
             cache,
@@ -282,12 +282,13 @@ pub async fn run(
     let settings = args.settings()?;
     let log_level = settings.log_level()?;
     let config = ShopConfig::from_settings(&settings)?;
-    let listener = TcpListener::bind((config.bind.as_str(), config.port))
+    let http = &config.http;
+    let listener = TcpListener::bind((http.bind.as_str(), http.port))
         .await
         .with_context(|| {
             format!(
                 "cannot listen on {}:{} (setting SHOP_PORT)",
-                config.bind, config.port
+                http.bind, http.port
             )
         })?;
     println!("listening on {}", listener.local_addr()?);
@@ -305,6 +306,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let shop = Shop::start(config).await?;
+    let (app, security) =
+        shop.config
+            .http
+            .stack("shop", http::observed(), http::router(shop.clone()))?;
     // A database that is down now is not fatal: readiness says so and the sweeper
     // retries; the warm-up and recovery below run again in the background loop.
     let warmed = shop.warm().await.unwrap_or(0);
@@ -312,14 +317,15 @@ pub async fn serve(
     let c = &shop.config;
     ServiceStarted {
         service: "shop",
-        addr: &addr.to_string(),
+        addr: &bulwark_http::describe(addr, &c.http.serve),
         detail: &format!(
-            "database={} replica={} strategy={} cache={:?} bus={} warmed={warmed} resumed_sagas={resumed}",
+            "database={} replica={} strategy={} cache={:?} bus={} warmed={warmed} resumed_sagas={resumed} {}",
             shop.db.dialect.as_str(),
             shop.db.has_replica,
             c.strategy.as_str(),
             c.cache,
             shop.outbox.sink().name(),
+            c.http.describe(),
         ),
     }
     .emit();
@@ -327,36 +333,16 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let relay = tokio::spawn(shop.outbox.clone().run(stop_rx.clone()));
     let sweeper = tokio::spawn(background(shop.clone(), stop_rx));
-
-    let (signal_tx, mut signal_rx) = watch::channel(None::<String>);
-    let graceful = {
-        let mut signal_rx = signal_rx.clone();
-        async move {
-            let _ = signal_rx.wait_for(Option::is_some).await;
-        }
-    };
-    tokio::spawn(async move {
-        let reason = shutdown.await;
-        ShutdownEvent {
-            service: "shop",
-            signal: &reason,
-            phase: "started",
-            in_flight: 0,
-        }
-        .emit();
-        let _ = signal_tx.send(Some(reason));
-    });
-    let app = http::router(shop.clone());
-    let server = bulwark_http::serve_http1(listener, app, graceful);
     let deadline = shop.config.shutdown_timeout;
-    let drain_deadline = async {
-        let _ = signal_rx.wait_for(Option::is_some).await;
-        tokio::time::sleep(deadline).await;
-    };
-    tokio::select! {
-        () = server => {}
-        () = drain_deadline => tracing::warn!(event = "SHUTDOWN_DEADLINE", message = "in-flight requests did not finish in time"),
-    }
+    let reason = bulwark_http::serve_until_shutdown(
+        "shop",
+        listener,
+        app,
+        shop.config.http.serve.clone(),
+        deadline,
+        shutdown,
+    )
+    .await;
     // Sagas still running finish their current step or are left to recovery.
     if !shop.saga.drain(deadline).await {
         tracing::warn!(
@@ -371,14 +357,8 @@ pub async fn serve(
     // One last relay round so events of the final commits are not left waiting.
     let _ = shop.outbox.relay_once().await;
     shop.db.close().await;
-    let reason = signal_rx.borrow().clone().unwrap_or_default();
-    ShutdownEvent {
-        service: "shop",
-        signal: &reason,
-        phase: "completed",
-        in_flight: 0,
-    }
-    .emit();
+    security.close().await;
+    bulwark_http::shutdown_completed("shop", &reason);
     Ok(())
 }
 

@@ -1,14 +1,13 @@
 //! The HTTP surface (SPEC CAP-1): the seed's endpoints, the `/v1/kv` JSON API, health,
 //! breaker state, metrics and the OpenAPI document.
 //!
-//! The middleware stack, in request order:
-//! 1. request id: `X-Request-Id` from the client (if sane) or a fresh one, echoed back;
-//!    `REQUEST_COMPLETED` log line and request metrics, labelled by operation;
-//! 2. load shedding: at most `MAX_IN_FLIGHT` data requests at once, the rest get 503
-//!    `OVERLOADED` with `Retry-After` at once (health, metrics and breaker state are exempt,
-//!    so a saturated gateway can still be observed).
-//!
-//! The body limit is set per route from `MAX_VALUE_BYTES`.
+//! The middleware stack, in request order: the shared stack of `bulwark-http` (request
+//! id and `REQUEST_COMPLETED`, the JSON error envelope, authentication, roles, rate
+//! limits and the audit log; see [`classify`] for each route's access), then load
+//! shedding: a data request's body is read first (at most the body limit, from
+//! `MAX_VALUE_BYTES`), then it takes one of `MAX_IN_FLIGHT` slots or gets 503 `OVERLOADED`
+//! with `Retry-After` at once (health, metrics and breaker state are exempt, so a
+//! saturated gateway can still be observed; readiness reports it not ready).
 
 mod admin;
 mod error;
@@ -25,7 +24,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bulwark_core::Version;
-use bulwark_http::{Observed, observe};
+use bulwark_http::Observed;
+use bulwark_http::admission::{Admission, admit};
+use bulwark_http::route::{Role, Route};
 use serde_json::{Map, Value, json};
 
 pub use error::{ApiError, limit_error, read_error, write_error};
@@ -41,17 +42,20 @@ pub struct AppState {
     pub engine: Engine,
     /// Signs and verifies read-your-writes cookies.
     pub sessions: SessionCodec,
-    /// Permits for data requests in flight (`MAX_IN_FLIGHT`).
-    pub in_flight: tokio::sync::Semaphore,
+    /// Data requests in flight (`MAX_IN_FLIGHT`), admitted once their body is in.
+    pub admission: Admission,
 }
 
 pub use bulwark_http::RequestId;
 
-/// Builds the router.
+/// The body limit: room for JSON framing and base64's 4/3 expansion of the largest value.
+fn body_limit(state: &AppState) -> usize {
+    state.engine.config.limits.max_value_bytes / 3 * 4 + 64 * 1024
+}
+
+/// Builds the router (the shared stack is added by `HttpConfig::stack`).
 pub fn router(state: Arc<AppState>) -> Router {
-    let limits = state.engine.config.limits;
-    // Room for JSON framing and base64's 4/3 expansion of the largest value.
-    let body_limit = limits.max_value_bytes / 3 * 4 + 64 * 1024;
+    let body_limit = body_limit(&state);
     Router::new()
         .route("/write/{key}/{value}", post(seed::write))
         .route("/read/{key}", get(seed::read))
@@ -76,20 +80,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), shed))
-        .layer(middleware::from_fn_with_state(
-            Observed {
-                mode: state.engine.config.mode.as_str(),
-                operation,
-                // Health checks arrive every few seconds from supervisors and load
-                // balancers; they would drown the request log.
-                routine: |op, _| op == "health",
-            },
-            observe,
-        ))
         .with_state(state)
 }
 
-/// Sheds data requests beyond `MAX_IN_FLIGHT` instead of queueing them.
+/// What `REQUEST_COMPLETED` and the security layer need to know of the gateway.
+pub fn observed(mode: Mode) -> Observed {
+    Observed {
+        mode: mode.as_str(),
+        classify,
+        // Health checks arrive every few seconds from supervisors and load balancers;
+        // they would drown the request log.
+        routine: |op, _| op == "health",
+    }
+}
+
+/// Sheds data requests beyond `MAX_IN_FLIGHT` instead of queueing them; a request is
+/// admitted only once its body is in.
 async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let exempt = matches!(
         req.uri().path(),
@@ -103,41 +109,24 @@ async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> R
     if exempt {
         return next.run(req).await;
     }
-    let Ok(_permit) = state.in_flight.try_acquire() else {
-        let rid = req
-            .extensions()
-            .get::<RequestId>()
-            .map_or_else(String::new, |r| r.0.clone());
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "OVERLOADED",
-            format!(
-                "more than {} requests in flight; retry later",
-                state.engine.config.max_in_flight
-            ),
-            &rid,
-        )
-        .retry(1)
-        .into_response();
-    };
-    next.run(req).await
+    admit(&state.admission, body_limit(&state), req, next).await
 }
 
-/// The metric label for a route.
-fn operation(method: &Method, route: Option<&str>) -> &'static str {
+/// Each route's metric label and who may call it.
+pub fn classify(method: &Method, route: Option<&str>) -> Route {
     match (route, method) {
-        (Some("/write/{key}/{value}"), _) => "write",
-        (Some("/read/{key}"), _) => "read",
-        (Some("/v1/kv/{key}"), &Method::GET) => "read",
-        (Some("/v1/kv/{key}"), &Method::PUT) => "write",
-        (Some("/v1/kv/{key}"), &Method::DELETE) => "delete",
-        (Some("/health" | "/health/live" | "/health/ready"), _) => "health",
-        (Some("/circuit-breaker"), _) => "circuit_breaker",
-        (Some("/metrics"), _) => "metrics",
-        (Some("/openapi.json"), _) => "openapi",
-        (Some("/v1/admin/anti-entropy"), _) => "anti_entropy",
-        (Some("/admin/chaos/clock"), _) => "admin",
-        _ => "other",
+        (Some("/write/{key}/{value}"), _) => Route::needs("write", Role::Write),
+        (Some("/read/{key}"), _) => Route::needs("read", Role::Read),
+        (Some("/v1/kv/{key}" | "/v1/kv/"), &Method::PUT) => Route::needs("write", Role::Write),
+        (Some("/v1/kv/{key}" | "/v1/kv/"), &Method::DELETE) => Route::needs("delete", Role::Write),
+        (Some("/v1/kv/{key}" | "/v1/kv/"), _) => Route::needs("read", Role::Read),
+        (Some("/health" | "/health/live" | "/health/ready"), _) => Route::open("health"),
+        (Some("/openapi.json"), _) => Route::open("openapi"),
+        (Some("/circuit-breaker"), _) => Route::needs("circuit_breaker", Role::Read),
+        (Some("/metrics"), _) => Route::needs("metrics", Role::Read),
+        (Some("/v1/admin/anti-entropy"), _) => Route::needs("anti_entropy", Role::Admin),
+        (Some("/admin/chaos/clock"), _) => Route::needs("admin", Role::Admin),
+        _ => Route::needs("other", Role::Read),
     }
 }
 
@@ -171,9 +160,11 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
             )
         })
         .collect();
-    let ready = e.ready();
+    let shedding = state.admission.shedding();
+    let ready = e.ready() && !shedding;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
+        "shedding": shedding,
         "mode": e.config.mode.as_str(),
         "write_quorum": e.config.mode.write_quorum(e.set.len()),
         "replicas": replicas,
@@ -224,24 +215,55 @@ async fn metrics() -> Response {
 }
 
 /// The consistency a request asks for: `?consistency=` or `X-Consistency`, else the
-/// gateway's mode.
+/// gateway's mode. Ambiguous input is refused (400), never defaulted: the parameter
+/// repeated or empty, the header repeated or empty, or both given with different values.
 fn requested_mode(
     state: &AppState,
     query: Option<&str>,
     headers: &HeaderMap,
     rid: &str,
 ) -> Result<Mode, ApiError> {
-    let raw = query.or_else(|| headers.get("x-consistency").and_then(|v| v.to_str().ok()));
+    let bad = |msg: String| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_CONSISTENCY", msg, rid);
+    let from_query: Vec<String> = query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k == "consistency")
+                .map(|(_, v)| v.into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let from_header: Vec<&str> = headers
+        .get_all("x-consistency")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .collect();
+    if from_query.len() > 1 {
+        return Err(bad(
+            "consistency is given more than once in the query".into()
+        ));
+    }
+    if from_header.len() > 1 {
+        return Err(bad("X-Consistency is given more than once".into()));
+    }
+    let q = from_query.first().map(String::as_str);
+    let h = from_header.first().copied();
+    if q.is_some_and(|v| v.trim().is_empty()) || h.is_some_and(|v| v.trim().is_empty()) {
+        return Err(bad("consistency is empty (ap, cp or quorum)".into()));
+    }
+    let raw = match (q, h) {
+        (Some(a), Some(b)) if !a.trim().eq_ignore_ascii_case(b.trim()) => {
+            return Err(bad(format!(
+                "the query asks for consistency {a:?} and X-Consistency for {b:?}"
+            )));
+        }
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    };
     match raw {
         None => Ok(state.engine.config.mode),
-        Some(m) => m.parse().map_err(|e: String| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID_CONSISTENCY",
-                format!("consistency {m:?}: {e}"),
-                rid,
-            )
-        }),
+        Some(m) => m
+            .parse()
+            .map_err(|e: String| bad(format!("consistency {m:?}: {e}"))),
     }
 }
 

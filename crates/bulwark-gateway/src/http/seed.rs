@@ -1,19 +1,20 @@
 //! The seed's endpoints, with the seed's field names: `POST /write/{key}/{value}` and
-//! `GET /read/{key}`, in the gateway's own consistency mode.
+//! `GET /read/{key}`, in the gateway's own consistency mode unless the request asks for
+//! another (as on `/v1/kv`, and refused the same way when ambiguous).
 
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::{
-    ApiError, AppState, RequestId, limit_error, read_error, read_fields, session, value_fields,
-    write_response,
+    ApiError, AppState, RequestId, limit_error, read_error, read_fields, requested_mode, session,
+    value_fields, write_response,
 };
 
 /// A path that is not valid UTF-8 after percent-decoding, or otherwise unusable.
@@ -31,6 +32,7 @@ pub async fn write(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Response {
     let rid = rid.0;
@@ -45,7 +47,10 @@ pub async fn write(
     {
         return limit_error(e, &rid).into_response();
     }
-    let mode = state.engine.config.mode;
+    let mode = match requested_mode(&state, query.as_deref(), &headers, &rid) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
     let outcome = state
         .engine
         .write(key.as_bytes(), Some(Bytes::from(value)), mode, &rid)
@@ -58,6 +63,7 @@ pub async fn read(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let rid = rid.0;
@@ -68,7 +74,10 @@ pub async fn read(
     if let Err(e) = state.engine.config.limits.check_key(key.as_bytes()) {
         return limit_error(e, &rid).into_response();
     }
-    let mode = state.engine.config.mode;
+    let mode = match requested_mode(&state, query.as_deref(), &headers, &rid) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
     let required = session(&state, &headers).required(&key);
     let result = match state
         .engine

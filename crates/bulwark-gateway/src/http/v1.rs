@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -19,13 +19,6 @@ use super::{
     ApiError, AppState, RequestId, limit_error, read_error, read_fields, requested_mode, session,
     value_fields, version_header, write_response,
 };
-
-/// Query parameters of `/v1/kv/{key}`.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-pub struct KvQuery {
-    /// `ap`, `cp` or `quorum`; defaults to the gateway's mode.
-    pub consistency: Option<String>,
-}
 
 /// JSON body of `PUT /v1/kv/{key}`: exactly one of `value` (text) or `value_base64`.
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
@@ -41,13 +34,12 @@ pub struct PutBody {
 fn target(
     state: &AppState,
     path: Result<Path<String>, PathRejection>,
-    query: Result<Query<KvQuery>, QueryRejection>,
+    query: Option<&str>,
     headers: &HeaderMap,
     rid: &str,
 ) -> Result<(String, Mode), ApiError> {
     let key = checked_key(state, path, rid)?;
-    let consistency = query.as_ref().ok().and_then(|q| q.consistency.as_deref());
-    Ok((key, requested_mode(state, consistency, headers, rid)?))
+    Ok((key, requested_mode(state, query, headers, rid)?))
 }
 
 fn checked_key(
@@ -76,18 +68,18 @@ pub async fn empty_key(Extension(rid): Extension<RequestId>) -> ApiError {
 }
 
 /// Read a key.
-#[utoipa::path(get, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key, at most MAX_KEY_BYTES"), KvQuery),
+#[utoipa::path(get, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key, at most MAX_KEY_BYTES"), ("consistency" = Option<String>, Query, description = "ap, cp or quorum (default: the gateway's mode); at most once, never empty"), ("X-Consistency" = Option<String>, Header, description = "the same as the consistency parameter; if both are given they must agree")),
     responses((status = 200, description = "The value, its version and per-replica staleness; raw bytes with Accept: application/octet-stream"),
               (status = 404, description = "No such key"), (status = 503, description = "Too few replicas answered")))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    query: Result<Query<KvQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let rid = rid.0;
-    let (key, mode) = match target(&state, path, query, &headers, &rid) {
+    let (key, mode) = match target(&state, path, query.as_deref(), &headers, &rid) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -140,7 +132,7 @@ pub async fn get(
 }
 
 /// Write a key.
-#[utoipa::path(put, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key"), KvQuery),
+#[utoipa::path(put, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key"), ("consistency" = Option<String>, Query, description = "ap, cp or quorum (default: the gateway's mode); at most once, never empty"), ("X-Consistency" = Option<String>, Header, description = "the same as the consistency parameter; if both are given they must agree")),
     request_body(content = PutBody, description = "JSON {value} or {value_base64}; any other content type is taken as the raw value"),
     responses((status = 200, description = "Committed"), (status = 400, description = "Malformed body"),
               (status = 413, description = "Key or value over the limit"),
@@ -150,12 +142,12 @@ pub async fn put(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    query: Result<Query<KvQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let rid = rid.0;
-    let (key, mode) = match target(&state, path, query, &headers, &rid) {
+    let (key, mode) = match target(&state, path, query.as_deref(), &headers, &rid) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -207,17 +199,17 @@ fn decode_json_value(body: &[u8]) -> Result<Bytes, String> {
 }
 
 /// Delete a key (a versioned tombstone, so a delayed older write cannot resurrect it).
-#[utoipa::path(delete, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key"), KvQuery),
+#[utoipa::path(delete, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key"), ("consistency" = Option<String>, Query, description = "ap, cp or quorum (default: the gateway's mode); at most once, never empty"), ("X-Consistency" = Option<String>, Header, description = "the same as the consistency parameter; if both are given they must agree")),
     responses((status = 200, description = "Deleted"), (status = 503, description = "CP_ABORTED"), (status = 504, description = "OUTCOME_UNKNOWN")))]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    query: Result<Query<KvQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let rid = rid.0;
-    let (key, mode) = match target(&state, path, query, &headers, &rid) {
+    let (key, mode) = match target(&state, path, query.as_deref(), &headers, &rid) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
