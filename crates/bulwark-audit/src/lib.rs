@@ -26,6 +26,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod chain;
+pub mod cli;
 mod record;
 mod verify;
 mod writer;

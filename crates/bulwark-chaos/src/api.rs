@@ -33,6 +33,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use bulwark_http::client::ClientIdentity;
 use bulwark_obs::events::{ChaosExperiment, Emit};
 
 use crate::client::ChaosClient;
@@ -57,6 +58,8 @@ pub struct ApiState {
     /// Base URL of this control API: runs started through the API reach the controller
     /// the same way `bulwark chaos run` does.
     control_base: String,
+    /// The key and CA those runs use.
+    identity: ClientIdentity,
     book: Arc<Mutex<Book>>,
 }
 
@@ -87,11 +90,13 @@ fn book(state: &ApiState) -> MutexGuard<'_, Book> {
     state.book.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The chaos routes over `controller`; `control_base` is this API's own base URL.
-pub fn router(controller: Controller, control_base: &str) -> Router {
+/// The chaos routes over `controller`; `control_base` is this API's own base URL and
+/// `identity` what runs started through the API call it with.
+pub fn router(controller: Controller, control_base: &str, identity: ClientIdentity) -> Router {
     let state = ApiState {
         controller,
         control_base: control_base.to_owned(),
+        identity,
         book: Arc::default(),
     };
     Router::new()
@@ -358,7 +363,7 @@ async fn run_experiment(
     let state = s.clone();
     let (exp_id, rid) = (id.clone(), run_id.clone());
     tokio::spawn(async move {
-        let client = ChaosClient::new(&state.control_base);
+        let client = ChaosClient::new(&state.control_base, &state.identity);
         let report =
             runner::run(&plan, &client, &rid, std::future::pending(), &runner::Quiet).await;
         record(&state, &report);

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bulwark_http::client::ClientIdentity;
+
 use crate::client::{ChaosClient, ClientError, Status};
 use crate::cluster::ClusterMap;
 use crate::controller::ActiveFault;
@@ -21,13 +23,35 @@ use crate::runner::{self, Progress};
 /// Where the control API is, and the output format.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControlOpts {
-    /// Base URL of the control API of `bulwark up`.
-    #[arg(long, env = "BULWARK_CONTROL", default_value = "http://127.0.0.1:7070")]
-    pub control: String,
+    /// Base URL of the control API of `bulwark up` [default: the one `up` recorded in
+    /// the data directory, else http://127.0.0.1:7070].
+    #[arg(long, env = "BULWARK_CONTROL")]
+    pub control: Option<String>,
+    /// The data directory of `bulwark up`: its control URL, `secrets/admin.key` (or
+    /// `BULWARK_API_KEY`) and `tls/ca.pem` (or `BULWARK_CA_FILE`) are taken from it.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
     /// Print machine-readable JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
+
+impl ControlOpts {
+    /// A client of the control API these options name.
+    pub fn client(&self) -> Result<ChaosClient, ClientError> {
+        let identity = ClientIdentity::discover(&self.data_dir)
+            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let url = self
+            .control
+            .clone()
+            .or_else(|| ClientIdentity::recorded_control_url(&self.data_dir))
+            .unwrap_or_else(|| DEFAULT_CONTROL.to_owned());
+        Ok(ChaosClient::new(&url, &identity))
+    }
+}
+
+/// The control API of `bulwark up` on its default port.
+pub const DEFAULT_CONTROL: &str = "http://127.0.0.1:7070";
 
 /// The chaos subcommands that talk to the controller.
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -121,16 +145,16 @@ pub async fn run(
         ChaosCommand::Disable(o) => switch(o, false).await,
         ChaosCommand::Status(o) => status(o).await,
         ChaosCommand::Inject { fault, ttl, opts } => inject(fault, *ttl, opts).await,
-        ChaosCommand::Remove { id, opts } => {
-            let client = ChaosClient::new(&opts.control);
-            client.remove(id).await.map(|f| {
+        ChaosCommand::Remove { id, opts } => match opts.client() {
+            Ok(client) => client.remove(id).await.map(|f| {
                 if opts.json {
                     print_json(&f);
                 } else {
                     println!("removed {} ({} {})", f.id, f.kind, f.target);
                 }
-            })
-        }
+            }),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -142,7 +166,7 @@ pub async fn run(
 }
 
 async fn switch(o: &ControlOpts, on: bool) -> Result<(), ClientError> {
-    let client = ChaosClient::new(&o.control);
+    let client = o.client()?;
     let v = if on {
         client.enable().await?
     } else {
@@ -162,7 +186,7 @@ async fn switch(o: &ControlOpts, on: bool) -> Result<(), ClientError> {
 }
 
 async fn status(o: &ControlOpts) -> Result<(), ClientError> {
-    let s = ChaosClient::new(&o.control).status().await?;
+    let s = o.client()?.status().await?;
     if o.json {
         print_json(&s);
     } else {
@@ -179,7 +203,7 @@ async fn inject(fault: &str, ttl: Duration, o: &ControlOpts) -> Result<(), Clien
         ttl_ms: ttl.as_millis().max(1) as u64,
         run: None,
     };
-    let f = ChaosClient::new(&o.control).inject(&req).await?;
+    let f = o.client()?.inject(&req).await?;
     if o.json {
         print_json(&f);
     } else {
@@ -249,7 +273,13 @@ async fn run_file(args: &RunArgs, interrupt: impl Future<Output = String>) -> Ex
         eprintln!("bulwark: {file}: {e}");
         return ExitCode::from(2);
     }
-    let client = ChaosClient::new(&args.opts.control);
+    let client = match args.opts.client() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let cluster: ClusterMap = match client
         .call(reqwest::Method::GET, "/api/v1/chaos/cluster", None)
         .await

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bulwark_http::client::ClientIdentity;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -47,19 +48,24 @@ pub struct Status {
 pub struct ChaosClient {
     base: String,
     http: reqwest::Client,
+    /// Trust for the URLs an experiment's probes call (no key is sent to those).
+    identity: ClientIdentity,
 }
 
 impl ChaosClient {
-    /// A client for the control API at `base` (`http://127.0.0.1:7070`).
-    pub fn new(base: &str) -> ChaosClient {
+    /// A client for the control API at `base` (`http://127.0.0.1:7070`), sending
+    /// `identity`'s key and trusting its CA.
+    pub fn new(base: &str, identity: &ClientIdentity) -> ChaosClient {
         ChaosClient {
             base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
-                .timeout(TIMEOUT)
-                .connect_timeout(Duration::from_secs(2))
-                .build()
-                .unwrap_or_default(),
+            http: identity.http_client(TIMEOUT, Duration::from_secs(2)),
+            identity: identity.clone(),
         }
+    }
+
+    /// The trust (CA, never the key) for other URLs of the cluster.
+    pub fn identity(&self) -> &ClientIdentity {
+        &self.identity
     }
 
     /// The base URL.

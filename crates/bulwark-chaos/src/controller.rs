@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bulwark_http::client::ClientIdentity;
 use bulwark_obs::events::{ChaosFault, ChaosUndoFailed, Emit};
 use nix::sys::signal::Signal;
 use serde::Serialize;
@@ -123,6 +124,9 @@ pub struct ControllerConfig {
     /// The token of the gateways' chaos admin endpoint (`CHAOS_TOKEN`); never journaled
     /// nor shown.
     pub gateway_token: Option<String>,
+    /// The admin key and CA for the gateways' admin endpoint and the fault proxy's API
+    /// (under `up --auth`/`--tls`).
+    pub identity: ClientIdentity,
 }
 
 /// The controller. Cheap to clone (shared state).
@@ -191,11 +195,14 @@ impl Controller {
             .map_err(|_| ChaosError::ShuttingDown)??;
         let controller = Controller {
             inner: Arc::new(Inner {
-                proxy: config.cluster.proxy_api.as_deref().map(Toxiproxy::new),
-                http: reqwest::Client::builder()
-                    .timeout(GATEWAY_TIMEOUT)
-                    .build()
-                    .unwrap_or_default(),
+                proxy: config
+                    .cluster
+                    .proxy_api
+                    .as_deref()
+                    .map(|base| Toxiproxy::new(base, &config.identity)),
+                http: config
+                    .identity
+                    .http_client(GATEWAY_TIMEOUT, Duration::from_secs(2)),
                 gateway_token: config.gateway_token,
                 burner: config.burner,
                 cluster: config.cluster,

@@ -179,9 +179,13 @@ pub async fn replicas_agree(client: &ChaosClient, key: &str) -> Output {
 
 /// Writes at `rate` per second for `duration`, then reads back every acknowledged write.
 /// Primary: `lost` (requests sent and never answered) plus `unreadable` (acknowledged but
-/// not readable): the number a "no request lost" tolerance wants at 0.
+/// not readable): the number a "no request lost" tolerance wants at 0. Writes go through
+/// `fresh`, a client that opens a connection per request: a request sent on an idle
+/// keep-alive connection that the server is closing at that moment would fail without
+/// having been read, and be miscounted as lost.
 pub async fn load(
     http: &reqwest::Client,
+    fresh: &reqwest::Client,
     url: &str,
     verify_url: Option<&str>,
     rate: u32,
@@ -191,13 +195,6 @@ pub async fn load(
     let every = Duration::from_secs_f64(1.0 / f64::from(rate));
     let gate = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let start = Instant::now();
-    // A fresh connection per write: a request sent on an idle keep-alive connection that
-    // the server is closing at that moment would fail without having been read, and be
-    // miscounted as lost.
-    let fresh = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap_or_else(|_| http.clone());
     let mut tasks = Vec::new();
     for i in 0..total {
         tokio::time::sleep_until(start + every * i as u32).await;

@@ -57,10 +57,10 @@ pub async fn run(
 ) -> Report {
     let mut r = Run {
         client: client.clone(),
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap_or_default(),
+        // Probes set their own timeouts; this bound only catches a probe without one.
+        http: client
+            .identity()
+            .anonymous_client(Duration::from_secs(300), Duration::from_secs(5)),
         run_id: run_id.to_owned(),
         began: Instant::now(),
         report: Report {
@@ -371,7 +371,15 @@ async fn probe(http: &reqwest::Client, client: &ChaosClient, call: &Call) -> Out
             verify_url,
             rate,
             duration,
-        } => probes::load(http, url, verify_url.as_deref(), *rate, *duration).await,
+        } => {
+            let fresh = client
+                .identity()
+                .anonymous_builder(Duration::from_secs(300), Duration::from_secs(5))
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap_or_else(|_| http.clone());
+            probes::load(http, &fresh, url, verify_url.as_deref(), *rate, *duration).await
+        }
         // Actions never reach here (validated as actions).
         Call::Fault { .. } | Call::StartService { .. } | Call::RemoveFaults => Output {
             primary: Value::Null,

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bulwark_http::client::ClientIdentity;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -68,15 +69,12 @@ pub struct Toxiproxy {
 }
 
 impl Toxiproxy {
-    /// A client for the API at `base`.
-    pub fn new(base: &str) -> Toxiproxy {
+    /// A client for the API at `base`, with `identity`'s key and CA (both absent for a
+    /// fault proxy in protected mode, as Toxiproxy's clients expect).
+    pub fn new(base: &str, identity: &ClientIdentity) -> Toxiproxy {
         Toxiproxy {
             base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
-                .timeout(TIMEOUT)
-                .connect_timeout(Duration::from_secs(1))
-                .build()
-                .unwrap_or_default(),
+            http: identity.http_client(TIMEOUT, Duration::from_secs(1)),
         }
     }
 

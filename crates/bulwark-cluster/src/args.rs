@@ -67,6 +67,13 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_shop: bool,
 
+    /// Authenticate every HTTP service with API keys: three are made at first start in
+    /// `<data-dir>/secrets/` (`reader.key`, `writer.key`, `admin.key`, mode 0600) and kept;
+    /// clients send `Authorization: Bearer <key>`. `bulwark ctl` and `bulwark chaos` use
+    /// `admin.key` from there.
+    #[arg(long)]
+    pub auth: bool,
+
     /// Allow fault injection from the start (otherwise `bulwark chaos enable` is needed).
     #[arg(long, env = "CHAOS_ENABLED", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub chaos: bool,
@@ -131,14 +138,15 @@ pub struct CtlArgs {
     #[command(subcommand)]
     pub command: CtlCommand,
 
-    /// Base URL of the control API of `bulwark up`.
-    #[arg(
-        long,
-        global = true,
-        env = "BULWARK_CONTROL",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    pub control: String,
+    /// Base URL of the control API of `bulwark up` [default: the one `up` recorded in
+    /// the data directory, else http://127.0.0.1:7070].
+    #[arg(long, global = true, env = "BULWARK_CONTROL")]
+    pub control: Option<String>,
+
+    /// The data directory of `bulwark up`: its control URL, `secrets/admin.key` (or
+    /// `BULWARK_API_KEY`) and `tls/ca.pem` (or `BULWARK_CA_FILE`) are taken from it.
+    #[arg(long, global = true, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
 
     /// Print machine-readable JSON instead of a table.
     #[arg(long, global = true)]
@@ -309,7 +317,7 @@ mod tests {
         let Ok(Cli::Ctl(ctl)) = parse("ctl --control http://127.0.0.1:9 status") else {
             panic!("status parses")
         };
-        assert_eq!(ctl.control, "http://127.0.0.1:9");
+        assert_eq!(ctl.control.as_deref(), Some("http://127.0.0.1:9"));
         assert!(parse("ctl kill app_cp --signal BOGUS").is_err());
     }
 

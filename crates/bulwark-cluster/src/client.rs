@@ -2,12 +2,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use bulwark_http::client::ClientIdentity;
+use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::supervisor::ServiceStatus;
@@ -62,17 +58,16 @@ pub enum ClientError {
 #[derive(Debug, Clone)]
 pub struct ControlClient {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: reqwest::Client,
 }
 
 impl ControlClient {
-    /// A client for the API at `base` (`http://127.0.0.1:7070`).
-    pub fn new(base: &str) -> ControlClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    /// A client for the API at `base` (`http://127.0.0.1:7070`), sending `identity`'s
+    /// key and trusting its CA.
+    pub fn new(base: &str, identity: &ClientIdentity) -> ControlClient {
         ControlClient {
             base: base.trim_end_matches('/').to_owned(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: identity.http_client(ACTION_TIMEOUT, Duration::from_secs(2)),
         }
     }
 
@@ -120,29 +115,36 @@ impl ControlClient {
         path: &str,
         timeout: Duration,
     ) -> Result<T, ClientError> {
-        let uri: Uri = format!("{}{path}", self.base)
-            .parse()
-            .map_err(|_| ClientError::BadUrl(self.base.clone()))?;
-        if uri.scheme_str() != Some("http") {
+        let url = format!("{}{path}", self.base);
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || reqwest::Url::parse(&url).is_err()
+        {
             return Err(ClientError::BadUrl(self.base.clone()));
         }
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
         let exchange = async {
             let response = self
                 .client
-                .request(request)
+                .request(method, &url)
+                .send()
                 .await
-                .map_err(|_| ClientError::Unreachable(self.base.clone()))?;
+                .map_err(|e| {
+                    if e.is_connect() {
+                        ClientError::Unreachable(self.base.clone())
+                    } else {
+                        ClientError::BadResponse(e.to_string())
+                    }
+                })?;
             let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
+            let body = response
+                .bytes()
                 .await
-                .map_err(|e| ClientError::BadResponse(e.to_string()))?
-                .to_bytes();
+                .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+            if body.len() > MAX_BODY {
+                return Err(ClientError::BadResponse(format!(
+                    "an answer of {} bytes (at most {MAX_BODY})",
+                    body.len()
+                )));
+            }
             Ok::<_, ClientError>((status, body))
         };
         let (status, body) = tokio::time::timeout(timeout, exchange)

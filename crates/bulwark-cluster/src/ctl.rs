@@ -8,6 +8,8 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use bulwark_http::client::ClientIdentity;
+
 use crate::args::{CtlArgs, CtlCommand};
 use crate::client::{ClientError, ControlClient};
 use crate::logs;
@@ -15,7 +17,13 @@ use crate::supervisor::{ServiceStatus, State};
 
 /// Runs one `bulwark ctl` command against the control API named in `args`.
 pub async fn run_ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
-    let client = ControlClient::new(&args.control);
+    let identity = ClientIdentity::discover(&args.data_dir)?;
+    let url = args
+        .control
+        .clone()
+        .or_else(|| ClientIdentity::recorded_control_url(&args.data_dir))
+        .unwrap_or_else(|| bulwark_chaos::cli::DEFAULT_CONTROL.to_owned());
+    let client = ControlClient::new(&url, &identity);
     match execute(&client, &args).await {
         Ok(code) => Ok(code),
         Err(e) => {

@@ -10,6 +10,7 @@
 //! * [`control`]: the HTTP control API on 127.0.0.1:7070 (with the chaos routes of
 //!   `bulwark-chaos`); [`client`]: its client; [`chaos`]: the supervisor as the chaos
 //!   controller's `Processes`.
+//! * [`secure`]: the keys of `up --auth`.
 //! * [`up`] and [`ctl`]: the two subcommands.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod control;
 pub mod ctl;
 pub mod health;
 pub mod logs;
+pub mod secure;
 pub mod supervisor;
 pub mod topology;
 pub mod up;

@@ -169,6 +169,11 @@ pub struct Topology {
     pub links: Vec<Link>,
     /// The gateways' `CHAOS_TOKEN`, fresh for each `up`, known only to its controller.
     pub chaos_token: Option<String>,
+    /// The keys file every HTTP service (and the control API) authenticates with, under
+    /// `--auth`.
+    pub keys_file: Option<PathBuf>,
+    /// What `up`'s own clients (the chaos controller) send: the admin key under `--auth`.
+    pub identity: bulwark_http::client::ClientIdentity,
 }
 
 impl Topology {
@@ -259,6 +264,13 @@ impl Topology {
                 .join("audit.jsonl")
                 .into_os_string(),
         );
+        let keys_file = args.auth.then(|| crate::secure::keys_file(&args.data_dir));
+        let secured = |mut env: Vec<(OsString, OsString)>| {
+            if let Some(k) = &keys_file {
+                env.push(("API_KEYS_FILE".into(), k.clone().into_os_string()));
+            }
+            env
+        };
         let proxied = !args.no_chaos_proxy;
         let chaos_token = format!("{:032x}", rand::random::<u128>());
         let mut links = Vec::new();
@@ -285,7 +297,8 @@ impl Topology {
                     "--listen".into(),
                     format!("127.0.0.1:{}", off + CHAOS_PROXY_PORT).into(),
                 ],
-                env: vec![audit.clone()],
+                // Its only client is the chaos controller, which must never be throttled.
+                env: secured(vec![audit.clone(), ("RATE_LIMIT".into(), "off".into())]),
                 health: HealthCheck::Http {
                     path: "/version".to_owned(),
                 },
@@ -325,10 +338,10 @@ impl Topology {
                 ],
                 // The admin endpoint's token (clock skew); an environment variable, so it
                 // does not show in `ps`.
-                env: vec![
+                env: secured(vec![
                     ("CHAOS_TOKEN".into(), chaos_token.clone().into()),
                     audit.clone(),
-                ],
+                ]),
                 health: HealthCheck::Http {
                     path: "/health/ready".to_owned(),
                 },
@@ -351,7 +364,7 @@ impl Topology {
                     "--database-url".into(),
                     format!("sqlite://{}", db.display()).into(),
                 ],
-                env: vec![audit.clone()],
+                env: secured(vec![audit.clone()]),
                 health: HealthCheck::Http {
                     path: "/health/ready".to_owned(),
                 },
@@ -369,6 +382,8 @@ impl Topology {
             chaos: args.chaos,
             links,
             chaos_token: Some(chaos_token),
+            keys_file,
+            identity: bulwark_http::client::ClientIdentity::default(),
         }
     }
 }
@@ -393,6 +408,7 @@ mod tests {
             no_chaos_proxy: true,
             no_shop: true,
             port_offset: 0,
+            auth: false,
         }
     }
 

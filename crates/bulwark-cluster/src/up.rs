@@ -94,7 +94,13 @@ pub async fn run_up(
         check_redis().await?;
     }
     let exe = std::env::current_exe().map_err(io_err("cannot locate the bulwark executable"))?;
-    let topology = Topology::from_up_args(&args, &exe);
+    let mut topology = Topology::from_up_args(&args, &exe);
+    if args.auth {
+        std::fs::create_dir_all(&args.data_dir)
+            .map_err(io_err(format!("cannot create {}", args.data_dir.display())))?;
+        let admin = crate::secure::ensure_keys(&args.data_dir)?;
+        topology.identity = crate::secure::identity(Some(admin));
+    }
     let level = bulwark_config::Settings::load(None)?.log_level()?;
     init_own_log(&topology, level)?;
     run(topology, shutdown).await?;
@@ -190,6 +196,7 @@ impl Cluster {
                 cluster: crate::chaos::cluster_map(topology),
                 gateway_token: topology.chaos_token.clone(),
                 burner: std::env::current_exe().ok(),
+                identity: topology.identity.clone(),
             },
             Arc::new(SupervisedProcesses(supervisor.clone())),
         )
@@ -243,6 +250,7 @@ impl Cluster {
             .merge(bulwark_chaos::api::router(
                 chaos.clone(),
                 &control_url(control_addr, &http),
+                topology.identity.clone(),
             ))
             .layer(axum::middleware::from_fn(move |req, next| {
                 let admission = admission.clone();
@@ -259,6 +267,10 @@ impl Cluster {
         let (app, security) = http
             .stack(OWN_LOG, control::observed(), routes)
             .map_err(|e| UpError::Config(e.to_string()))?;
+        // `bulwark ctl` and `bulwark chaos` find the API (and its scheme) here.
+        let url_file = data_dir.join(bulwark_http::client::CONTROL_URL_FILE);
+        std::fs::write(&url_file, format!("{}\n", control_url(control_addr, &http)))
+            .map_err(io_err(format!("cannot write {}", url_file.display())))?;
         let stop = stop_server.clone();
         let serve_options = http.serve.clone();
         let server = tokio::spawn(async move {
@@ -378,6 +390,11 @@ impl Cluster {
         self.supervisor.shutdown().await;
         self.stop_server.cancel();
         let _ = tokio::time::timeout(API_DRAIN, self.server).await;
+        let _ = std::fs::remove_file(
+            self.topology
+                .data_dir
+                .join(bulwark_http::client::CONTROL_URL_FILE),
+        );
     }
 }
 
@@ -399,6 +416,9 @@ fn control_http(
     }
     if settings.get("RATE_LIMIT").is_none() {
         settings.set("RATE_LIMIT", "off");
+    }
+    if let Some(keys) = &topology.keys_file {
+        settings.set("API_KEYS_FILE", keys.display().to_string());
     }
     bulwark_http::HttpConfig::from_settings(
         &settings,
@@ -473,6 +493,19 @@ pub fn endpoints_table(topology: &Topology, control: SocketAddr) -> String {
         "logs".to_owned(),
         format!("{}/", topology.log_dir().display()),
     ));
+    rows.push((
+        "audit log".to_owned(),
+        format!("{}  (bulwark audit verify)", topology.audit_log().display()),
+    ));
+    if let Some(keys) = &topology.keys_file {
+        let dir = keys
+            .parent()
+            .map_or_else(String::new, |d| d.display().to_string());
+        rows.push((
+            "API keys".to_owned(),
+            format!("{dir}/{{reader,writer,admin}}.key  (Authorization: Bearer <key>)"),
+        ));
+    }
     let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let mut out = format!("bulwark up: {} services healthy\n", topology.services.len());
     for (label, value) in rows {

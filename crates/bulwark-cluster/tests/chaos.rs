@@ -3,6 +3,7 @@
 //! pause/resume, stop then start at the TTL, kill, crash loop, the safety switch, and the
 //! rollback journal (a restarted controller undoes what a dead one left).
 
+use bulwark_http::client::ClientIdentity;
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -70,6 +71,8 @@ fn topology(dir: &Path, chaos: bool) -> Topology {
         echo_logs: false,
         chaos,
         links: Vec::new(),
+        keys_file: None,
+        identity: ClientIdentity::default(),
         chaos_token: None,
     }
 }
@@ -119,7 +122,10 @@ async fn started(dir: &Path, chaos: bool) -> (Cluster, ChaosClient) {
         .await
         .expect("prepare");
     cluster.start().await.expect("start healthy");
-    let client = ChaosClient::new(&format!("http://{}", cluster.control_addr()));
+    let client = ChaosClient::new(
+        &format!("http://{}", cluster.control_addr()),
+        &ClientIdentity::default(),
+    );
     (cluster, client)
 }
 

@@ -3,6 +3,7 @@
 //! `/health/ready`, logs JSON lines, exits 0 on SIGTERM after logging `SHUTDOWN_EVENT`),
 //! and `redis-server` as a replica. Every port is a free one; nothing uses the defaults.
 
+use bulwark_http::client::ClientIdentity;
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -86,6 +87,8 @@ fn topology(dir: &Path, services: Vec<ServiceSpec>) -> Topology {
         echo_logs: false,
         chaos: false,
         links: Vec::new(),
+        keys_file: None,
+        identity: ClientIdentity::default(),
         chaos_token: None,
     }
 }
@@ -292,7 +295,10 @@ async fn control_api_stop_start_kill_and_status() {
     let t = topology(dir.path(), vec![db, gw]);
     let cluster = Cluster::prepare(&t).await.expect("prepare");
     cluster.start().await.expect("start healthy");
-    let client = ControlClient::new(&format!("http://{}", cluster.control_addr()));
+    let client = ControlClient::new(
+        &format!("http://{}", cluster.control_addr()),
+        &ClientIdentity::default(),
+    );
 
     // Status JSON: both running and, once probed, healthy.
     let all = wait_for("both healthy", async || {
@@ -414,7 +420,8 @@ async fn control_api_stop_start_kill_and_status() {
     // The ctl front end: exit code 2 for an unknown service, 0 for status.
     let ctl = |command| CtlArgs {
         command,
-        control: format!("http://{}", cluster.control_addr()),
+        control: Some(format!("http://{}", cluster.control_addr())),
+        data_dir: std::path::PathBuf::from("/nonexistent"),
         json: true,
     };
     let code = run_ctl(ctl(CtlCommand::Stop {
@@ -434,7 +441,10 @@ async fn control_api_stop_start_kill_and_status() {
 #[tokio::test]
 async fn ctl_without_up_says_so() {
     let port = free_port();
-    let client = ControlClient::new(&format!("http://127.0.0.1:{port}"));
+    let client = ControlClient::new(
+        &format!("http://127.0.0.1:{port}"),
+        &ClientIdentity::default(),
+    );
     let err = client.services().await.expect_err("nothing listens");
     assert_eq!(
         err.to_string(),
@@ -442,7 +452,8 @@ async fn ctl_without_up_says_so() {
     );
     let code = run_ctl(CtlArgs {
         command: CtlCommand::Status,
-        control: format!("http://127.0.0.1:{port}"),
+        control: Some(format!("http://127.0.0.1:{port}")),
+        data_dir: std::path::PathBuf::from("/nonexistent"),
         json: false,
     })
     .await
@@ -551,7 +562,10 @@ async fn up_stops_gateways_before_replicas_and_leaves_no_process_behind() {
         "test shutdown".to_owned()
     }));
 
-    let client = ControlClient::new(&format!("http://127.0.0.1:{control}"));
+    let client = ControlClient::new(
+        &format!("http://127.0.0.1:{control}"),
+        &ClientIdentity::default(),
+    );
     let all = wait_for("all four healthy", async || {
         let all = client.services().await.ok()?;
         (all.len() == 4 && all.iter().all(|s| s.healthy)).then_some(all)

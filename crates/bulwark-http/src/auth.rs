@@ -50,8 +50,13 @@ pub fn new_key() -> (String, String) {
         "{KEY_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     );
-    let hash = format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())));
+    let hash = key_hash(&key);
     (key, hash)
+}
+
+/// The keys-file form of a key's hash: `sha256:<64 hex digits>`.
+pub fn key_hash(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
 }
 
 /// The parsed keys file: key hash → principal.

@@ -19,6 +19,8 @@
 
 pub mod admission;
 pub mod auth;
+pub mod cli;
+pub mod client;
 mod config;
 mod envelope;
 mod error;

@@ -28,5 +28,15 @@ pub use stream::MaybeTls;
 
 /// The crypto provider every configuration uses.
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    install_default_provider();
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes `ring` the process's default rustls provider (for libraries that build their
+/// own configurations, as reqwest does even for plain HTTP). Idempotent.
+pub fn install_default_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }

@@ -38,6 +38,10 @@ enum Command {
     Shop(bulwark_shop::ShopArgs),
     /// Chaos engineering: the fault proxy, the safety switch, faults and experiments.
     Chaos(ChaosArgs),
+    /// API keys: make one and add its hash to a keys file.
+    Auth(bulwark_http::cli::AuthArgs),
+    /// The tamper-evident audit log: verify its hash chain.
+    Audit(bulwark_audit::cli::AuditArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,6 +98,8 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Ctl(args) => bulwark_cluster::run_ctl(args).await,
             Command::Bench(args) => bulwark_bench::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Auth(args) => bulwark_http::cli::run(args).map(|()| ExitCode::SUCCESS),
+            Command::Audit(args) => Ok(bulwark_audit::cli::run(args)),
             Command::Chaos(ChaosArgs { command }) => match command {
                 ChaosCommand::Proxy(args) => bulwark_faultproxy::run(args, shutdown_signal())
                     .await
