@@ -364,9 +364,12 @@ enum Phase {
     Length(u64),
     /// Passing a chunked body.
     Chunked(Chunk),
-    /// Nothing more for hyper after what is checked: a refusal, the end of the stream, or
-    /// chunked framing hyper will refuse.
+    /// Nothing more for hyper after what is checked: the end of the stream, or chunked
+    /// framing hyper will refuse.
     Done,
+    /// The synthetic refusal request is handed over; no byte follows it, and no end of
+    /// stream either: hyper closes the connection on a read EOF before it has answered.
+    Refused,
 }
 
 /// An I/O stream whose reads are checked request by request (see the module docs).
@@ -413,7 +416,7 @@ impl<S> Guarded<S> {
         self.input.clear();
         self.input.extend_from_slice(&refusal.request());
         self.checked = self.input.len();
-        self.phase = Phase::Done;
+        self.phase = Phase::Refused;
         self.timer_armed = false;
     }
 
@@ -512,7 +515,7 @@ impl<S> Guarded<S> {
                 }
                 true
             }
-            Phase::Done => false,
+            Phase::Done | Phase::Refused => false,
         }
     }
 }
@@ -538,8 +541,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             if this.check() {
                 continue;
             }
-            if matches!(this.phase, Phase::Done) {
-                return Poll::Ready(Ok(())); // end of stream for hyper
+            match this.phase {
+                Phase::Done => return Poll::Ready(Ok(())), // end of stream for hyper
+                // Woken by nothing: hyper answers the refusal, then shuts the connection.
+                Phase::Refused => return Poll::Pending,
+                _ => {}
             }
             // Need more bytes. They are read through the stack, so a connection waiting
             // for its next request holds no buffer of ours.
@@ -584,7 +590,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                             "request body not received within the body timeout",
                         )));
                     }
-                    Phase::Idle | Phase::Done => {}
+                    Phase::Idle | Phase::Done | Phase::Refused => {}
                 }
             }
             return Poll::Pending;
@@ -665,7 +671,8 @@ mod tests {
         client.write_all(input).await.unwrap();
         client.shutdown().await.unwrap();
         let mut out = Vec::new();
-        g.read_to_end(&mut out).await.unwrap();
+        // A refusal never ends the stream (see `Phase::Refused`): read what comes.
+        let _ = tokio::time::timeout(Duration::from_millis(300), g.read_to_end(&mut out)).await;
         out
     }
 
