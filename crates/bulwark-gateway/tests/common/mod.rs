@@ -3,7 +3,7 @@
 //! gateways are served in-process on port 0. Replicas can be stopped and restarted on the
 //! same port with their data, like `docker stop db_g2` / `docker start db_g2`.
 
-#![allow(dead_code)] // Each test binary uses a different subset.
+#![allow(dead_code, unused_macros)] // Each test binary uses a different subset.
 
 /// Runs an async scenario `fn(Backend)` as one test per backend (SPEC CAP-2: both).
 /// The scenarios and `Backend` must be in scope where it is invoked.
