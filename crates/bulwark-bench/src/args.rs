@@ -229,6 +229,12 @@ pub struct KvArgs {
     #[arg(long, default_value = "2", value_parser = parse_secs)]
     pub timeout: Duration,
 
+    /// Send the API key in this file as `Authorization: Bearer` (a gateway run with
+    /// credentials, e.g. `<data>/secrets/writer.key` under `bulwark up --auth`). A file,
+    /// not a flag: command lines are visible to every user of the machine.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
     /// Print a JSON document instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -107,6 +107,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// them (progress bars still go to stderr when it is a terminal).
 pub async fn run_kv(args: &KvArgs) -> anyhow::Result<BenchReport> {
     let client = http_client(args.timeout, args.concurrency as usize);
+    let authorization = match &args.api_key_file {
+        None => None,
+        Some(path) => {
+            let key = std::fs::read_to_string(path)
+                .with_context(|| format!("--api-key-file {}", path.display()))?;
+            let mut value = hyper::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+                .with_context(|| {
+                    format!("--api-key-file {}: not a header value", path.display())
+                })?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+    };
     let progress = Progress::new();
     let mut groups = Vec::new();
     for target in args.effective_targets() {
@@ -119,7 +132,8 @@ pub async fn run_kv(args: &KvArgs) -> anyhow::Result<BenchReport> {
                 args.keys,
                 args.value_size,
                 args.read_ratio,
-            )?;
+            )?
+            .with_authorization(authorization.clone());
             let ctx = Arc::new(Ctx {
                 client: client.clone(),
                 workload: Arc::new(workload),

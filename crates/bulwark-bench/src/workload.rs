@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::{AUTHORIZATION, HeaderValue};
 use hyper::{Method, Request, Uri};
 
 use crate::args::{Api, Op, Target};
@@ -87,6 +88,8 @@ pub(crate) struct Workload {
     op: Op,
     /// A request is a read when a 53-bit random number is below this (mixed op).
     read_threshold: u64,
+    /// `Authorization: Bearer <key>` on every request (`--api-key-file`).
+    authorization: Option<HeaderValue>,
 }
 
 /// A fully described request, ready to hand to the client.
@@ -141,7 +144,14 @@ impl Workload {
             api,
             op,
             read_threshold: (read_ratio.clamp(0.0, 1.0) * (1u64 << 53) as f64) as u64,
+            authorization: None,
         })
+    }
+
+    /// Sends `authorization` (a sensitive header value) with every request.
+    pub(crate) fn with_authorization(mut self, authorization: Option<HeaderValue>) -> Workload {
+        self.authorization = authorization;
+        self
     }
 
     /// Number of keys.
@@ -168,25 +178,28 @@ impl Workload {
     pub(crate) fn write_request(&self, key: usize) -> BenchRequest {
         let uri = self.write_uris[key].clone();
         match self.api {
-            Api::Seed => request(Method::POST, uri, Bytes::new()),
+            Api::Seed => self.request(Method::POST, uri, Bytes::new()),
             Api::V1 => {
                 let body = self.values[key % self.values.len()].clone();
-                request(Method::PUT, uri, body)
+                self.request(Method::PUT, uri, body)
             }
         }
     }
 
     /// A read of key number `key` (`key < keys()`).
     pub(crate) fn read_request(&self, key: usize) -> BenchRequest {
-        request(Method::GET, self.read_uris[key].clone(), Bytes::new())
+        self.request(Method::GET, self.read_uris[key].clone(), Bytes::new())
     }
-}
 
-fn request(method: Method, uri: Uri, body: Bytes) -> BenchRequest {
-    let mut req = Request::new(Full::new(body));
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    req
+    fn request(&self, method: Method, uri: Uri, body: Bytes) -> BenchRequest {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        if let Some(auth) = &self.authorization {
+            req.headers_mut().insert(AUTHORIZATION, auth.clone());
+        }
+        req
+    }
 }
 
 #[cfg(test)]

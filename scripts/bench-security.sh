@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# What the security stack costs a gateway, measured in one run on this machine: two AP
+# gateways over the same two `bulwark node` replicas, one open (protected mode: no
+# credentials, no rate limit, no audit log — the anchor) and one secured (an API key
+# checked on every request, a rate limit too high to refuse anything but counted for every
+# request, and the audit log written for every write). `bulwark bench kv` drives both with
+# the same key, `--api v1`, write then read, ROUNDS rounds alternating which goes first;
+# medians are reported with the secured/open throughput ratio and the p50 difference.
+#
+#   scripts/bench-security.sh
+#   DURATION=20 ROUNDS=5 CONCURRENCY=32 scripts/bench-security.sh
+#
+# Every server listens on a free loopback port and is stopped on exit.
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONCURRENCY=${CONCURRENCY:-16}
+
+cd "$(dirname "$0")/.."
+for tool in redis-cli curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench-security: $tool is required" >&2; exit 1; }
+done
+
+echo "building the release binary…" >&2
+cargo build --release -q -p bulwark
+BULWARK=target/release/bulwark
+
+BENCH_NAME=bench-security
+# shellcheck source=lib/bench-common.sh
+source scripts/lib/bench-common.sh
+
+REPLICAS=""
+for i in 1 2; do
+  port=$(free_port)
+  mkdir -p "$TMP/db_g$i"
+  LOG_LEVEL=WARN "$BULWARK" node --name "db_g$i" --port "$port" --dir "$TMP/db_g$i" \
+    >"$TMP/db_g$i.log" 2>&1 &
+  PIDS+=("$!")
+  wait_ready "$port"
+  REPLICAS="${REPLICAS:+$REPLICAS,}db_g$i=127.0.0.1:$port"
+done
+
+"$BULWARK" auth new-key --id bench --role write --keys-file "$TMP/api-keys" \
+  >"$TMP/bench.key" 2>/dev/null
+
+start_gateway() { # name port extra-env…
+  local name=$1 port=$2
+  shift 2
+  env LOG_LEVEL=WARN MODE=ap PORT="$port" REPLICAS="$REPLICAS" BACKEND=bulwark \
+    GATEWAY_NAME="$name" SECRET_KEY=bench-secret-key-of-some-length "$@" \
+    "$BULWARK" gateway >"$TMP/$name.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 1 200); do
+    curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && return 0
+    sleep 0.05
+  done
+  echo "bench-security: gateway $name is not ready" >&2
+  exit 1
+}
+OPEN_PORT=$(free_port)
+SECURED_PORT=$(free_port)
+start_gateway open "$OPEN_PORT" RATE_LIMIT=off AUDIT_LOG=off
+start_gateway secured "$SECURED_PORT" API_KEYS_FILE="$TMP/api-keys" \
+  RATE_LIMIT=100000000/s AUDIT_LOG="$TMP/audit.jsonl"
+
+for round in $(seq 1 "$ROUNDS"); do
+  if [ $((round % 2)) = 1 ]; then order="open secured"; else order="secured open"; fi
+  for which in $order; do
+    port=$OPEN_PORT; [ "$which" = secured ] && port=$SECURED_PORT
+    echo "round $round/$ROUNDS: $which" >&2
+    "$BULWARK" bench kv --target "$which=http://127.0.0.1:$port" --api v1 --op write --op read \
+      --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" \
+      --api-key-file "$TMP/bench.key" --json --output "$TMP/$which.$round.json" >/dev/null
+  done
+done
+
+"$BULWARK" audit verify "$TMP/audit.jsonl" >&2
+
+python3 - "$TMP" "$ROUNDS" "$DURATION" "$CONCURRENCY" "$(git rev-parse --short HEAD)" <<'EOF'
+import json, statistics, sys, datetime
+tmp, rounds, duration, conc, commit = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+runs = {}
+for which in ("open", "secured"):
+    for r in range(1, rounds + 1):
+        for res in json.load(open(f"{tmp}/{which}.{r}.json"))["results"]:
+            bad = res["requests"] - res["ok"]
+            if bad:
+                sys.exit(f"bench-security: {which} {res['op']}: {bad} requests failed: {res['status_codes']}")
+            runs.setdefault((which, res["op"]), []).append(res)
+med = lambda xs: statistics.median(xs)
+print(f"bench-security  {datetime.date.today()}  commit {commit}  {rounds} rounds × {duration} s, "
+      f"{conc} connections, --api v1, medians")
+print(f"{'op':6} {'open rps':>10} {'secured rps':>12} {'ratio':>6} {'open p50':>9} {'sec p50':>8} {'Δp50 µs':>8} {'open p99':>9} {'sec p99':>8}")
+for op in ("write", "read"):
+    o, s = runs[("open", op)], runs[("secured", op)]
+    orps, srps = med([x["throughput_rps"] for x in o]), med([x["throughput_rps"] for x in s])
+    o50, s50 = med([x["latency_us"]["p50"] for x in o]), med([x["latency_us"]["p50"] for x in s])
+    o99, s99 = med([x["latency_us"]["p99"] for x in o]), med([x["latency_us"]["p99"] for x in s])
+    print(f"{op:6} {orps:10.0f} {srps:12.0f} {srps / orps:6.3f} {o50:9.0f} {s50:8.0f} {s50 - o50:8.0f} {o99:9.0f} {s99:8.0f}")
+EOF
