@@ -47,7 +47,9 @@ done
 start_gateway() { # name port extra-env…
   local name=$1 port=$2
   shift 2
-  env LOG_LEVEL=WARN MODE=ap PORT="$port" REPLICAS="$REPLICAS" BACKEND=bulwark \
+  # A generous replica timeout: on two shared cores a replica call can take longer than
+  # the default 0.2 s under this load, and breakers opening would measure that instead.
+  env LOG_LEVEL=WARN MODE=ap PORT="$port" REPLICAS="$REPLICAS" BACKEND=bulwark NETWORK_TIMEOUT_SEC=2 \
     GATEWAY_NAME="$name" SECRET_KEY=bench-secret-key-of-some-length "$@" \
     "$BULWARK" gateway >"$TMP/$name.log" 2>&1 &
   PIDS+=("$!")
@@ -86,7 +88,7 @@ for which in ("open", "secured"):
         for res in json.load(open(f"{tmp}/{which}.{r}.json"))["results"]:
             bad = res["requests"] - res["ok"]
             if bad:
-                sys.exit(f"bench-security: {which} {res['op']}: {bad} requests failed: {res['status_codes']}")
+                sys.exit(f"bench-security: round {r}, {which} {res['op']}: {bad} requests failed: {res['status_codes']}")
             runs.setdefault((which, res["op"]), []).append(res)
 med = lambda xs: statistics.median(xs)
 print(f"bench-security  {datetime.date.today()}  commit {commit}  {rounds} rounds × {duration} s, "
