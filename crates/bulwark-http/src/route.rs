@@ -73,10 +73,16 @@ impl Route {
         }
     }
 
-    /// Whether each call is written to the audit log: writes, purchases and admin
-    /// actions (reads are not; refused authentications always are).
-    pub fn audited(&self) -> bool {
-        matches!(self.access, Access::Needs(Role::Write | Role::Admin))
+    /// Whether a call with `method` is written to the audit log: writes, purchases and
+    /// admin actions, which change state (reads are not, admin reads neither: a control
+    /// plane that polls its fault proxy every second would bury the actions; refused
+    /// authentications always are).
+    pub fn audited(&self, method: &Method) -> bool {
+        match self.access {
+            Access::Needs(Role::Write) => true,
+            Access::Needs(Role::Admin) => !method.is_safe(),
+            _ => false,
+        }
     }
 }
 

@@ -111,9 +111,10 @@ pub async fn layer(State(sec): State<Security>, mut req: Request, next: Next) ->
         .map_or_else(String::new, |r| r.0.clone());
     let peer = req.extensions().get::<Arc<ConnMeta>>().map(|m| m.peer.ip());
     let client = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let audited = route.audited(req.method());
     let method = req.method().to_string();
     let route_name = template.unwrap_or_else(|| "<unmatched>".to_owned());
-    let resource = if route.audited() {
+    let resource = if audited {
         resource_of(&mut req).await
     } else {
         String::new()
@@ -221,7 +222,7 @@ pub async fn layer(State(sec): State<Security>, mut req: Request, next: Next) ->
     if let Some((l, st)) = standing {
         rate_headers(&mut response, l, &st);
     }
-    if route.audited() {
+    if audited {
         audit(Some(&principal), response.status().as_u16()).await;
     }
     response
