@@ -58,6 +58,12 @@ pub struct ClusterMap {
     pub proxy_api: Option<String>,
     /// The proxied links (empty when gateways reach replicas directly).
     pub links: Vec<Link>,
+    /// TLS to the replicas (under `up --tls`), for data faults.
+    #[serde(skip)]
+    pub replica_tls: Option<bulwark_replica::ReplicaTls>,
+    /// Whether the gateways serve HTTPS (under `up --tls`).
+    #[serde(default)]
+    pub https: bool,
 }
 
 impl ClusterMap {

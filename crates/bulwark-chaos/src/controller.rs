@@ -454,8 +454,9 @@ impl Controller {
                 key,
                 restore,
             } => {
-                let (backend, port) = self.replica(replica).map_err(apply_err)?;
-                let record = data::read(backend, port, key)
+                let at = self.replica(replica).map_err(apply_err)?;
+                let (backend, port) = (at.backend, at.port);
+                let record = data::read(at, key)
                     .await
                     .map_err(apply_err)?
                     .ok_or_else(|| {
@@ -620,12 +621,12 @@ impl Controller {
                 value,
                 ..
             } => {
-                let (backend, port) = self.replica(replica)?;
-                let record = data::read(backend, port, key)
+                let at = self.replica(replica)?;
+                let record = data::read(at, key)
                     .await?
                     .ok_or_else(|| format!("'{key}' has no committed record on {replica}"))?;
                 let bytes = value.as_deref().unwrap_or("CORRUPTED").as_bytes();
-                if data::corrupt(backend, port, key, &record.version, bytes).await? {
+                if data::corrupt(at, key, &record.version, bytes).await? {
                     Ok(())
                 } else {
                     Err(format!(
@@ -634,11 +635,11 @@ impl Controller {
                 }
             }
             Fault::DropKey { replica, key, .. } => {
-                let (backend, port) = self.replica(replica)?;
-                let record = data::read(backend, port, key)
+                let at = self.replica(replica)?;
+                let record = data::read(at, key)
                     .await?
                     .ok_or_else(|| format!("'{key}' has no committed record on {replica}"))?;
-                if data::drop_record(backend, port, key, &record.version).await? {
+                if data::drop_record(at, key, &record.version).await? {
                     Ok(())
                 } else {
                     Err(format!("'{key}' changed on {replica} while being dropped"))
@@ -779,7 +780,7 @@ impl Controller {
             } => {
                 let value = b64_decode(value_b64)?;
                 // False means the record was rewritten since: nothing left to restore.
-                data::corrupt(*backend, *port, key, version, &value)
+                data::corrupt(self.at(*backend, *port), key, version, &value)
                     .await
                     .map(drop)
             }
@@ -796,7 +797,7 @@ impl Controller {
                     version: version.clone(),
                     value,
                 };
-                data::restore_dropped(*backend, *port, key, &record).await
+                data::restore_dropped(self.at(*backend, *port), key, &record).await
             }
             Undo::ResetClock { port, .. } => {
                 match self.clock(*port, reqwest::Method::DELETE, None).await {
@@ -857,14 +858,23 @@ impl Controller {
         Ok(())
     }
 
-    /// A replica's kind and port.
-    fn replica(&self, name: &str) -> Result<(ReplicaBackend, u16), String> {
+    /// A replica's kind, port and TLS.
+    fn replica(&self, name: &str) -> Result<data::At<'_>, String> {
         let c = &self.inner.cluster;
         let node = c
             .replica(name)
             .ok_or_else(|| format!("unknown replica '{name}'"))?;
         let backend = c.backend.ok_or("the replicas' kind is unknown")?;
-        Ok((backend, node.port))
+        Ok(self.at(backend, node.port))
+    }
+
+    /// The replica of `backend` at `port`, with the cluster's replica TLS.
+    fn at(&self, backend: ReplicaBackend, port: u16) -> data::At<'_> {
+        data::At {
+            backend,
+            port,
+            tls: self.inner.cluster.replica_tls.as_ref(),
+        }
     }
 
     /// Each replica's committed record of `key` (for probes that detect divergence).
@@ -876,10 +886,12 @@ impl Controller {
         let Some(backend) = c.backend else {
             return Vec::new();
         };
-        let reads = c
-            .replicas
-            .iter()
-            .map(|r| async move { (r.name.clone(), data::read(backend, r.port, key).await) });
+        let reads = c.replicas.iter().map(|r| async move {
+            (
+                r.name.clone(),
+                data::read(self.at(backend, r.port), key).await,
+            )
+        });
         futures::future::join_all(reads).await
     }
 
@@ -895,11 +907,20 @@ impl Controller {
             .gateway_token
             .as_deref()
             .ok_or("the gateways were started without a chaos token")?;
+        let scheme = if self.inner.cluster.https {
+            "https"
+        } else {
+            "http"
+        };
         let mut req = self
             .inner
             .http
-            .request(method, format!("http://127.0.0.1:{port}/admin/chaos/clock"))
-            .bearer_auth(token);
+            .request(
+                method,
+                format!("{scheme}://127.0.0.1:{port}/admin/chaos/clock"),
+            )
+            // Authorization carries the admin key when the gateways require one.
+            .header("x-chaos-token", token);
         if let Some(o) = offset {
             req = req.json(&serde_json::json!({"offset_ms": o}));
         }

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use bulwark_replica::ReplicaTls;
 use redis::aio::MultiplexedConnection;
 
 use crate::cluster::ReplicaBackend;
@@ -40,9 +41,20 @@ if redis.call('HGET', KEYS[1], 'v') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'v', 'd', 't')
 return 1";
 
-async fn conn(port: u16) -> Result<MultiplexedConnection, String> {
-    let client =
-        redis::Client::open(format!("redis://127.0.0.1:{port}/")).map_err(|e| e.to_string())?;
+/// A replica: its kind, its port on 127.0.0.1 and the TLS its link needs.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    /// What the replica is.
+    pub backend: ReplicaBackend,
+    /// Its RESP port on 127.0.0.1.
+    pub port: u16,
+    /// TLS (with the client certificate) when the replicas speak it.
+    pub tls: Option<&'a ReplicaTls>,
+}
+
+async fn conn(at: At<'_>) -> Result<MultiplexedConnection, String> {
+    let port = at.port;
+    let client = bulwark_replica::redis_client("127.0.0.1", port, at.tls)?;
     tokio::time::timeout(TIMEOUT, client.get_multiplexed_async_connection())
         .await
         .map_err(|_| format!("replica on port {port}: no answer within {TIMEOUT:?}"))?
@@ -60,9 +72,9 @@ async fn query<T: redis::FromRedisValue>(
 }
 
 /// The committed record of `key` on the replica at `port`.
-pub async fn read(backend: ReplicaBackend, port: u16, key: &str) -> Result<Option<Record>, String> {
-    let mut c = conn(port).await?;
-    let cmd = match backend {
+pub async fn read(at: At<'_>, key: &str) -> Result<Option<Record>, String> {
+    let mut c = conn(at).await?;
+    let cmd = match at.backend {
         ReplicaBackend::Bulwark => {
             let mut cmd = redis::cmd("BW.GET");
             cmd.arg(key);
@@ -87,24 +99,13 @@ pub async fn read(backend: ReplicaBackend, port: u16, key: &str) -> Result<Optio
 
 /// Replaces the value of `key` (still at `version`) with `value`; false if the record
 /// changed meanwhile.
-pub async fn corrupt(
-    backend: ReplicaBackend,
-    port: u16,
-    key: &str,
-    version: &str,
-    value: &[u8],
-) -> Result<bool, String> {
-    let mut c = conn(port).await?;
-    match backend {
+pub async fn corrupt(at: At<'_>, key: &str, version: &str, value: &[u8]) -> Result<bool, String> {
+    let mut c = conn(at).await?;
+    match at.backend {
         ReplicaBackend::Bulwark => {
             // BW.DEBUG has no condition: check the version right before (the window is the
             // time between two commands on one connection).
-            if read(backend, port, key)
-                .await?
-                .map(|r| r.version)
-                .as_deref()
-                != Some(version)
-            {
+            if read(at, key).await?.map(|r| r.version).as_deref() != Some(version) {
                 return Ok(false);
             }
             let mut cmd = redis::cmd("BW.DEBUG");
@@ -125,21 +126,11 @@ pub async fn corrupt(
 }
 
 /// Forgets the committed record of `key` (still at `version`); false if it changed.
-pub async fn drop_record(
-    backend: ReplicaBackend,
-    port: u16,
-    key: &str,
-    version: &str,
-) -> Result<bool, String> {
-    let mut c = conn(port).await?;
-    match backend {
+pub async fn drop_record(at: At<'_>, key: &str, version: &str) -> Result<bool, String> {
+    let mut c = conn(at).await?;
+    match at.backend {
         ReplicaBackend::Bulwark => {
-            if read(backend, port, key)
-                .await?
-                .map(|r| r.version)
-                .as_deref()
-                != Some(version)
-            {
+            if read(at, key).await?.map(|r| r.version).as_deref() != Some(version) {
                 return Ok(false);
             }
             let mut cmd = redis::cmd("BW.DEBUG");
@@ -160,16 +151,11 @@ pub async fn drop_record(
 
 /// Puts `record` back with last-write-wins (`BW.PUT` / `bw_put`): applies only if the
 /// replica holds nothing newer, so a restore never hides a later write.
-pub async fn restore_dropped(
-    backend: ReplicaBackend,
-    port: u16,
-    key: &str,
-    record: &Record,
-) -> Result<(), String> {
-    let mut c = conn(port).await?;
+pub async fn restore_dropped(at: At<'_>, key: &str, record: &Record) -> Result<(), String> {
+    let mut c = conn(at).await?;
     let tomb = if record.value.is_none() { "1" } else { "0" };
     let value = record.value.clone().unwrap_or_default();
-    let mut cmd = match backend {
+    let mut cmd = match at.backend {
         ReplicaBackend::Bulwark => redis::cmd("BW.PUT"),
         ReplicaBackend::Redis => {
             let mut cmd = redis::cmd("FCALL");

@@ -74,6 +74,14 @@ pub struct UpArgs {
     #[arg(long)]
     pub auth: bool,
 
+    /// Run the whole cluster on TLS: a local CA is made at first start in
+    /// `<data-dir>/tls/` (`ca.pem` is what clients trust; kept) and every service gets a
+    /// certificate from it at each start. HTTP services answer `https://`; replicas speak
+    /// RESP over TLS and require client certificates (mutual TLS), which the gateways
+    /// present.
+    #[arg(long)]
+    pub tls: bool,
+
     /// Allow fault injection from the start (otherwise `bulwark chaos enable` is needed).
     #[arg(long, env = "CHAOS_ENABLED", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub chaos: bool,

@@ -108,5 +108,11 @@ pub fn cluster_map(topology: &Topology) -> ClusterMap {
             .find(|s| s.kind == ServiceKind::Proxy)
             .map(|s| s.url()),
         links: topology.links.clone(),
+        // Data faults present `up`'s certificate to the replicas.
+        replica_tls: topology.tls.as_ref().map(|t| bulwark_replica::ReplicaTls {
+            ca: t.ca(),
+            identity: Some((t.cert("up"), t.key("up"))),
+        }),
+        https: topology.tls.is_some(),
     }
 }

@@ -7,6 +7,8 @@
 //!   the keys' SHA-256 only.
 //!
 //! `bulwark ctl` and `bulwark chaos` send `admin.key` from there (or `BULWARK_API_KEY`).
+//!
+//! `bulwark up --tls`: the local CA and the certificates of [`crate::topology::TlsLayout`].
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ use bulwark_http::auth::{key_hash, new_key};
 use bulwark_http::client::{ClientIdentity, SECRETS_DIR};
 use bulwark_tls::ca::write_private;
 
+use crate::topology::Topology;
 use crate::up::UpError;
 
 /// The keys `--auth` makes: file stem and role.
@@ -71,4 +74,38 @@ pub fn identity(admin_key: Option<String>) -> ClientIdentity {
         api_key: admin_key,
         ..ClientIdentity::default()
     }
+}
+
+/// Names beside the services that get a certificate: the control API, and `up` itself
+/// (its probes and data faults present it to replicas).
+const OWN_CERTS: [&str; 2] = ["control", "up"];
+
+/// Under `--tls`: opens (or makes) the CA, issues every certificate, and gives `up`'s
+/// probes and clients what they connect with. Nothing to do without `--tls`.
+pub fn ensure_tls(topology: &mut Topology) -> Result<(), UpError> {
+    let Some(layout) = topology.tls.clone() else {
+        return Ok(());
+    };
+    let config = |e: String| UpError::Config(format!("--tls: {e}"));
+    let ca =
+        bulwark_tls::ca::LocalCa::open_or_create(&layout.dir).map_err(|e| config(e.to_string()))?;
+    let names: Vec<String> = topology
+        .services
+        .iter()
+        .map(|s| s.name.clone())
+        .chain(OWN_CERTS.map(str::to_owned))
+        .collect();
+    for name in &names {
+        ca.issue(name, &[]).map_err(|e| config(e.to_string()))?;
+    }
+    let (cert, key) = (layout.cert("up"), layout.key("up"));
+    let probe = bulwark_tls::client_config(&layout.ca(), Some((&cert, &key)))
+        .map_err(|e| config(e.to_string()))?;
+    for s in &mut topology.services {
+        s.tls = Some(probe.clone());
+    }
+    topology.identity.tls =
+        Some(bulwark_tls::client_config(&layout.ca(), None).map_err(|e| config(e.to_string()))?);
+    topology.identity.ca_file = Some(layout.ca());
+    Ok(())
 }

@@ -349,7 +349,13 @@ impl Supervisor {
                 (l.state == State::Running).then_some(l.pid).flatten()
             };
             if pid.is_some()
-                && health::probe(&h.spec.health, h.spec.port, self.policy.health_timeout).await
+                && health::probe(
+                    &h.spec.health,
+                    h.spec.port,
+                    h.spec.tls.as_ref(),
+                    self.policy.health_timeout,
+                )
+                .await
             {
                 let mut l = lock(&h.live);
                 if l.pid == pid {
@@ -720,7 +726,13 @@ async fn health_loop(
             (l.state == State::Running).then_some(l.pid).flatten()
         };
         let Some(pid) = pid else { continue };
-        let ok = health::probe(&spec.health, spec.port, policy.health_timeout).await;
+        let ok = health::probe(
+            &spec.health,
+            spec.port,
+            spec.tls.as_ref(),
+            policy.health_timeout,
+        )
+        .await;
         let mut l = lock(&live);
         // Only if the same process is still running: a result about a previous
         // incarnation must not mark the new one healthy.

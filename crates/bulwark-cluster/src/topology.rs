@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -99,18 +100,72 @@ pub struct ServiceSpec {
     pub env: Vec<(OsString, OsString)>,
     /// How to tell it is healthy.
     pub health: HealthCheck,
+    /// Set when it speaks TLS (`up --tls`): the configuration its probes connect with.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ServiceSpec {
-    /// The URL a user would use to reach it (`http://…` for gateways, `redis://…` for
-    /// replicas).
+    /// The URL a user would use to reach it (`http://…` or `https://…` for gateways,
+    /// `redis://…` or `rediss://…` for replicas).
     pub fn url(&self) -> String {
+        let s = if self.tls.is_some() { "s" } else { "" };
         match self.kind {
             ServiceKind::Gateway | ServiceKind::Proxy | ServiceKind::App => {
-                format!("http://127.0.0.1:{}", self.port)
+                format!("http{s}://127.0.0.1:{}", self.port)
             }
-            ServiceKind::Replica => format!("redis://127.0.0.1:{}", self.port),
+            ServiceKind::Replica => format!("redis{s}://127.0.0.1:{}", self.port),
         }
+    }
+}
+
+/// The files of `up --tls` under `<data-dir>/tls/`: the local CA (`ca.pem`, kept across
+/// runs) and a certificate per service (`<name>.pem`, `<name>-key.pem`), issued at every
+/// start by [`crate::secure::ensure_tls`]; `up.pem` is `up`'s own (its probes and data
+/// faults present it to replicas, which require client certificates), `control.pem` the
+/// control API's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsLayout {
+    /// `<data-dir>/tls`.
+    pub dir: PathBuf,
+}
+
+impl TlsLayout {
+    /// The CA certificate clients trust.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The certificate of `name`.
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    /// The private key of `name`.
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-key.pem"))
+    }
+
+    /// `TLS_CERT_FILE` and `TLS_KEY_FILE` for the HTTP service `name`.
+    fn https_env(&self, name: &str) -> Vec<(OsString, OsString)> {
+        vec![
+            ("TLS_CERT_FILE".into(), self.cert(name).into_os_string()),
+            ("TLS_KEY_FILE".into(), self.key(name).into_os_string()),
+        ]
+    }
+
+    /// The gateway `name`'s TLS to its replicas, presenting its own certificate.
+    fn replica_env(&self, name: &str) -> Vec<(OsString, OsString)> {
+        vec![
+            ("REPLICA_TLS_CA_FILE".into(), self.ca().into_os_string()),
+            (
+                "REPLICA_TLS_CERT_FILE".into(),
+                self.cert(name).into_os_string(),
+            ),
+            (
+                "REPLICA_TLS_KEY_FILE".into(),
+                self.key(name).into_os_string(),
+            ),
+        ]
     }
 }
 
@@ -172,8 +227,11 @@ pub struct Topology {
     /// The keys file every HTTP service (and the control API) authenticates with, under
     /// `--auth`.
     pub keys_file: Option<PathBuf>,
-    /// What `up`'s own clients (the chaos controller) send: the admin key under `--auth`.
+    /// What `up`'s own clients (the chaos controller) send: the admin key under `--auth`,
+    /// and the CA they trust under `--tls`.
     pub identity: bulwark_http::client::ClientIdentity,
+    /// The CA and certificates, under `--tls`.
+    pub tls: Option<TlsLayout>,
 }
 
 impl Topology {
@@ -200,9 +258,12 @@ impl Topology {
         let replicas: Vec<(String, u16)> = (1..=u16::from(args.replicas))
             .map(|i| (format!("db_g{i}"), off + REPLICA_BASE_PORT + i))
             .collect();
+        let tls = args.tls.then(|| TlsLayout {
+            dir: args.data_dir.join(bulwark_http::client::TLS_DIR),
+        });
         for (name, port) in &replicas {
             let dir = args.data_dir.join(name);
-            let (program, argv): (PathBuf, Vec<OsString>) = match args.backend {
+            let (program, mut argv): (PathBuf, Vec<OsString>) = match args.backend {
                 Backend::Bulwark => (
                     exe.to_path_buf(),
                     vec![
@@ -238,7 +299,25 @@ impl Topology {
                     ],
                 ),
             };
+            if let Some(t) = &tls {
+                // Mutual TLS: the node's port speaks TLS only and wants client
+                // certificates from the CA (Redis: the plain port off, `--tls-port`).
+                if args.backend == Backend::Redis {
+                    argv[1] = "0".into();
+                    argv.extend(["--tls-port".into(), port.to_string().into()]);
+                    argv.extend(["--tls-auth-clients".into(), "yes".into()]);
+                }
+                argv.extend([
+                    "--tls-cert-file".into(),
+                    t.cert(name).into_os_string(),
+                    "--tls-key-file".into(),
+                    t.key(name).into_os_string(),
+                    "--tls-ca-cert-file".into(),
+                    t.ca().into_os_string(),
+                ]);
+            }
             services.push(ServiceSpec {
+                tls: None,
                 name: name.clone(),
                 kind: ServiceKind::Replica,
                 port: *port,
@@ -265,9 +344,13 @@ impl Topology {
                 .into_os_string(),
         );
         let keys_file = args.auth.then(|| crate::secure::keys_file(&args.data_dir));
-        let secured = |mut env: Vec<(OsString, OsString)>| {
+        // Every HTTP service: the keys file under --auth, its certificate under --tls.
+        let secured = |name: &str, mut env: Vec<(OsString, OsString)>| {
             if let Some(k) = &keys_file {
                 env.push(("API_KEYS_FILE".into(), k.clone().into_os_string()));
+            }
+            if let Some(t) = &tls {
+                env.extend(t.https_env(name));
             }
             env
         };
@@ -286,6 +369,7 @@ impl Topology {
                 }
             }
             services.push(ServiceSpec {
+                tls: None,
                 name: "chaos_proxy".to_owned(),
                 kind: ServiceKind::Proxy,
                 port: off + CHAOS_PROXY_PORT,
@@ -298,7 +382,10 @@ impl Topology {
                     format!("127.0.0.1:{}", off + CHAOS_PROXY_PORT).into(),
                 ],
                 // Its only client is the chaos controller, which must never be throttled.
-                env: secured(vec![audit.clone(), ("RATE_LIMIT".into(), "off".into())]),
+                env: secured(
+                    "chaos_proxy",
+                    vec![audit.clone(), ("RATE_LIMIT".into(), "off".into())],
+                ),
                 health: HealthCheck::Http {
                     path: "/version".to_owned(),
                 },
@@ -318,6 +405,7 @@ impl Topology {
                 .collect::<Vec<_>>()
                 .join(",");
             services.push(ServiceSpec {
+                tls: None,
                 name: name.to_owned(),
                 kind: ServiceKind::Gateway,
                 port,
@@ -338,10 +426,16 @@ impl Topology {
                 ],
                 // The admin endpoint's token (clock skew); an environment variable, so it
                 // does not show in `ps`.
-                env: secured(vec![
-                    ("CHAOS_TOKEN".into(), chaos_token.clone().into()),
-                    audit.clone(),
-                ]),
+                env: secured(name, {
+                    let mut env = vec![
+                        ("CHAOS_TOKEN".into(), chaos_token.clone().into()),
+                        audit.clone(),
+                    ];
+                    if let Some(t) = &tls {
+                        env.extend(t.replica_env(name));
+                    }
+                    env
+                }),
                 health: HealthCheck::Http {
                     path: "/health/ready".to_owned(),
                 },
@@ -350,6 +444,7 @@ impl Topology {
         if !args.no_shop {
             let db = args.data_dir.join("shop").join("shop.db");
             services.push(ServiceSpec {
+                tls: None,
                 name: "app_shop".to_owned(),
                 kind: ServiceKind::App,
                 port: off + SHOP_PORT,
@@ -364,7 +459,7 @@ impl Topology {
                     "--database-url".into(),
                     format!("sqlite://{}", db.display()).into(),
                 ],
-                env: secured(vec![audit.clone()]),
+                env: secured("app_shop", vec![audit.clone()]),
                 health: HealthCheck::Http {
                     path: "/health/ready".to_owned(),
                 },
@@ -384,6 +479,7 @@ impl Topology {
             chaos_token: Some(chaos_token),
             keys_file,
             identity: bulwark_http::client::ClientIdentity::default(),
+            tls,
         }
     }
 }
@@ -409,6 +505,7 @@ mod tests {
             no_shop: true,
             port_offset: 0,
             auth: false,
+            tls: false,
         }
     }
 
@@ -500,6 +597,70 @@ mod tests {
                 .map(|s| s.port),
             Some(6401),
             "replicas keep their own ports"
+        );
+    }
+
+    fn env(s: &ServiceSpec, name: &str) -> Option<String> {
+        s.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn tls_gives_replicas_mutual_tls_and_gateways_https_and_client_certificates() {
+        for backend in [Backend::Bulwark, Backend::Redis] {
+            let mut a = args(2, backend);
+            a.tls = true;
+            a.no_shop = false;
+            let t = Topology::from_up_args(&a, Path::new("/bin/bulwark"));
+            let by = |n: &str| t.services.iter().find(|s| s.name == n).expect(n);
+            let node = argv(by("db_g1"));
+            let tail = [
+                "--tls-cert-file",
+                "/d/tls/db_g1.pem",
+                "--tls-key-file",
+                "/d/tls/db_g1-key.pem",
+                "--tls-ca-cert-file",
+                "/d/tls/ca.pem",
+            ];
+            assert!(node.ends_with(&tail.map(String::from)), "{node:?}");
+            if backend == Backend::Redis {
+                // The plain port is off; the replica's port is its TLS port.
+                assert_eq!(node[..2], ["--port", "0"]);
+                let at = node
+                    .iter()
+                    .position(|a| a == "--tls-port")
+                    .expect("--tls-port");
+                assert_eq!(node[at + 1], "6401");
+                assert!(node.windows(2).any(|w| w == ["--tls-auth-clients", "yes"]));
+            }
+            let ap = by("app_ap");
+            assert_eq!(
+                env(ap, "TLS_CERT_FILE").as_deref(),
+                Some("/d/tls/app_ap.pem")
+            );
+            assert_eq!(
+                env(ap, "REPLICA_TLS_CA_FILE").as_deref(),
+                Some("/d/tls/ca.pem")
+            );
+            assert_eq!(
+                env(ap, "REPLICA_TLS_KEY_FILE").as_deref(),
+                Some("/d/tls/app_ap-key.pem")
+            );
+            assert_eq!(
+                env(by("app_shop"), "TLS_KEY_FILE").as_deref(),
+                Some("/d/tls/app_shop-key.pem")
+            );
+            assert_eq!(env(by("app_shop"), "REPLICA_TLS_CA_FILE"), None);
+        }
+        let plain = Topology::from_up_args(&args(2, Backend::Bulwark), Path::new("/b"));
+        assert!(plain.tls.is_none());
+        assert!(
+            plain
+                .services
+                .iter()
+                .all(|s| env(s, "TLS_CERT_FILE").is_none())
         );
     }
 

@@ -101,6 +101,7 @@ pub async fn run_up(
         let admin = crate::secure::ensure_keys(&args.data_dir)?;
         topology.identity = crate::secure::identity(Some(admin));
     }
+    crate::secure::ensure_tls(&mut topology)?;
     let level = bulwark_config::Settings::load(None)?.log_level()?;
     init_own_log(&topology, level)?;
     run(topology, shutdown).await?;
@@ -157,7 +158,7 @@ pub async fn run(
         cluster.shutdown().await;
         return Err(e);
     }
-    println!("{}", endpoints_table(&topology, cluster.control_addr()));
+    println!("{}", endpoints_table(&topology, &cluster.control_url()));
     let reason = shutdown.await;
     println!("bulwark up: {reason} received, stopping services and gateways, then replicas");
     cluster.shutdown().await;
@@ -172,6 +173,7 @@ pub struct Cluster {
     supervisor: Arc<Supervisor>,
     chaos: Controller,
     control_addr: SocketAddr,
+    control_url: String,
     server: JoinHandle<()>,
     stop_server: CancellationToken,
     topology: Topology,
@@ -284,6 +286,7 @@ impl Cluster {
             supervisor,
             chaos,
             control_addr,
+            control_url: control_url(control_addr, &http),
             server,
             stop_server,
             topology: topology.clone(),
@@ -294,6 +297,11 @@ impl Cluster {
     /// Where the control API listens.
     pub fn control_addr(&self) -> SocketAddr {
         self.control_addr
+    }
+
+    /// The control API's base URL (`https://` under `--tls`).
+    pub fn control_url(&self) -> String {
+        self.control_url.clone()
     }
 
     /// The supervisor (for status and actions without going through HTTP).
@@ -420,6 +428,12 @@ fn control_http(
     if let Some(keys) = &topology.keys_file {
         settings.set("API_KEYS_FILE", keys.display().to_string());
     }
+    if let Some(tls) = &topology.tls
+        && settings.get("TLS_CERT_FILE").is_none()
+    {
+        settings.set("TLS_CERT_FILE", tls.cert("control").display().to_string());
+        settings.set("TLS_KEY_FILE", tls.key("control").display().to_string());
+    }
     bulwark_http::HttpConfig::from_settings(
         &settings,
         bulwark_http::Listen {
@@ -473,7 +487,7 @@ fn check_ports(topology: &Topology) -> Result<(), UpError> {
 }
 
 /// The table printed once everything is healthy.
-pub fn endpoints_table(topology: &Topology, control: SocketAddr) -> String {
+pub fn endpoints_table(topology: &Topology, control: &str) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
     for kind in [
         ServiceKind::Gateway,
@@ -487,7 +501,7 @@ pub fn endpoints_table(topology: &Topology, control: SocketAddr) -> String {
     }
     rows.push((
         "control API".to_owned(),
-        format!("http://{control}  (bulwark ctl status)"),
+        format!("{control}  (bulwark ctl status)"),
     ));
     rows.push((
         "logs".to_owned(),
@@ -497,6 +511,15 @@ pub fn endpoints_table(topology: &Topology, control: SocketAddr) -> String {
         "audit log".to_owned(),
         format!("{}  (bulwark audit verify)", topology.audit_log().display()),
     ));
+    if let Some(tls) = &topology.tls {
+        rows.push((
+            "TLS CA".to_owned(),
+            format!(
+                "{}  (curl --cacert, redis-cli --tls --cacert)",
+                tls.ca().display()
+            ),
+        ));
+    }
     if let Some(keys) = &topology.keys_file {
         let dir = keys
             .parent()

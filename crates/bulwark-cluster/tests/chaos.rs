@@ -43,6 +43,7 @@ fn redis(dir: &Path, name: &str) -> ServiceSpec {
     .chain([data.into_os_string()])
     .collect();
     ServiceSpec {
+        tls: None,
         name: name.to_owned(),
         kind: ServiceKind::Replica,
         port,
@@ -72,6 +73,7 @@ fn topology(dir: &Path, chaos: bool) -> Topology {
         chaos,
         links: Vec::new(),
         keys_file: None,
+        tls: None,
         identity: ClientIdentity::default(),
         chaos_token: None,
     }

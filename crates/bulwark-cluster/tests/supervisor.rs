@@ -88,6 +88,7 @@ fn topology(dir: &Path, services: Vec<ServiceSpec>) -> Topology {
         chaos: false,
         links: Vec::new(),
         keys_file: None,
+        tls: None,
         identity: ClientIdentity::default(),
         chaos_token: None,
     }
@@ -95,6 +96,7 @@ fn topology(dir: &Path, services: Vec<ServiceSpec>) -> Topology {
 
 fn shell(name: &str, script: &str) -> ServiceSpec {
     ServiceSpec {
+        tls: None,
         name: name.to_owned(),
         kind: ServiceKind::Gateway,
         port: free_port(),
@@ -121,6 +123,7 @@ fn stub(dir: &Path, name: &str, dep_port: u16, extra: &[&str]) -> ServiceSpec {
     ];
     args.extend(extra.iter().map(OsString::from));
     ServiceSpec {
+        tls: None,
         name: name.to_owned(),
         kind: ServiceKind::Gateway,
         port,
@@ -139,6 +142,7 @@ fn redis(dir: &Path, name: &str) -> ServiceSpec {
     let data = dir.join(name);
     std::fs::create_dir_all(&data).expect("redis dir");
     ServiceSpec {
+        tls: None,
         name: name.to_owned(),
         kind: ServiceKind::Replica,
         port,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bulwark_core::Version;
 use bulwark_core::ae::{self, AeEntry, Digest};
 use bulwark_obs::events::{AntiEntropyConflict, AntiEntropyRepair, AntiEntropyRound, Emit};
-use bulwark_replica::{Dialect, ReplicaClient, ReplicaSpec};
+use bulwark_replica::{Dialect, ReplicaClient, ReplicaSpec, ReplicaTls};
 use bytes::Bytes;
 use futures::future::join_all;
 use serde::Serialize;
@@ -220,11 +220,18 @@ pub struct AntiEntropy {
 }
 
 impl AntiEntropy {
-    /// Clients for `replicas` (own connections, `config.timeout`).
-    pub fn new(replicas: &[ReplicaSpec], dialect: Dialect, config: AntiEntropyConfig) -> Self {
+    /// Clients for `replicas` (own connections, `config.timeout`, over `tls` if given).
+    pub fn new(
+        replicas: &[ReplicaSpec],
+        dialect: Dialect,
+        tls: Option<&ReplicaTls>,
+        config: AntiEntropyConfig,
+    ) -> Self {
         let clients = replicas
             .iter()
-            .map(|spec| ReplicaClient::new(spec.clone(), dialect, config.timeout))
+            .map(|spec| {
+                ReplicaClient::with_tls(spec.clone(), dialect, config.timeout, tls.cloned())
+            })
             .collect();
         AntiEntropy {
             clients,

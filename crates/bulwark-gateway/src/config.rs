@@ -6,7 +6,7 @@ use bulwark_config::{ConfigError, Environment, Settings};
 use bulwark_core::Limits;
 use bulwark_core::ae::AE_BUCKETS;
 use bulwark_http::{HttpConfig, Listen};
-use bulwark_replica::{Dialect, ReplicaSpec};
+use bulwark_replica::{Dialect, ReplicaSpec, ReplicaTls};
 use bulwark_resilience::breaker::BreakerConfig;
 
 use crate::anti_entropy::AntiEntropyConfig;
@@ -35,6 +35,10 @@ pub struct GatewayConfig {
     pub replicas: Vec<ReplicaSpec>,
     /// What the replicas are: `bulwark` nodes or real `redis` servers. `BACKEND`.
     pub backend: Dialect,
+    /// TLS to the replicas: `REPLICA_TLS_CA_FILE` (the CA their certificates chain to)
+    /// and, when they require client certificates, `REPLICA_TLS_CERT_FILE` and
+    /// `REPLICA_TLS_KEY_FILE`. Unset: plain RESP.
+    pub replica_tls: Option<ReplicaTls>,
     /// Bound on every call to a replica. `NETWORK_TIMEOUT_SEC` (default 0.2).
     pub network_timeout: Duration,
     /// Staleness above which a read reports `INCONSISTENT/STALE`. `MAX_STALENESS_MS`.
@@ -75,6 +79,46 @@ pub struct GatewayConfig {
     pub ap_ack_wait: Duration,
     /// Anti-entropy settings (`ANTI_ENTROPY_*`).
     pub anti_entropy: AntiEntropyConfig,
+}
+
+/// `REPLICA_TLS_*`, checked by loading the files (an error names the setting or file).
+fn replica_tls(s: &Settings) -> Result<Option<ReplicaTls>, ConfigError> {
+    let path = |name: &str| s.get(name).map(std::path::PathBuf::from);
+    let (ca, cert, key) = (
+        path("REPLICA_TLS_CA_FILE"),
+        path("REPLICA_TLS_CERT_FILE"),
+        path("REPLICA_TLS_KEY_FILE"),
+    );
+    let identity = match (cert, key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, Some(_)) => {
+            return Err(ConfigError::Missing {
+                setting: "REPLICA_TLS_CERT_FILE".into(),
+                reason: "a client key needs its certificate".into(),
+            });
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::Missing {
+                setting: "REPLICA_TLS_KEY_FILE".into(),
+                reason: "a client certificate needs its private key".into(),
+            });
+        }
+    };
+    let Some(ca) = ca else {
+        if identity.is_some() {
+            return Err(ConfigError::Missing {
+                setting: "REPLICA_TLS_CA_FILE".into(),
+                reason: "TLS to the replicas needs the CA their certificates chain to".into(),
+            });
+        }
+        return Ok(None);
+    };
+    bulwark_tls::client_config(
+        &ca,
+        identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )?;
+    Ok(Some(ReplicaTls { ca, identity }))
 }
 
 impl GatewayConfig {
@@ -175,6 +219,7 @@ impl GatewayConfig {
             )?,
             replicas,
             backend: s.parse_or("BACKEND", Dialect::Bulwark)?,
+            replica_tls: replica_tls(s)?,
             network_timeout,
             max_staleness_ms: s.int_in("MAX_STALENESS_MS", 500u64, 1..=86_400_000)?,
             breaker: BreakerConfig {

@@ -191,7 +191,14 @@ impl Engine {
         let clients = config
             .replicas
             .iter()
-            .map(|spec| ReplicaClient::new(spec.clone(), config.backend, config.network_timeout))
+            .map(|spec| {
+                ReplicaClient::with_tls(
+                    spec.clone(),
+                    config.backend,
+                    config.network_timeout,
+                    config.replica_tls.clone(),
+                )
+            })
             .collect();
         let set = ReplicaSet::new(clients, config.breaker);
         let n = set.len();
@@ -199,6 +206,7 @@ impl Engine {
         let anti_entropy = AntiEntropy::new(
             &config.replicas,
             config.backend,
+            config.replica_tls.as_ref(),
             config.anti_entropy.clone(),
         );
         Engine {

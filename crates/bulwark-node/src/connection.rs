@@ -14,9 +14,9 @@ use std::sync::atomic::Ordering;
 
 use bulwark_resp::encode;
 use bulwark_storage::Ticket;
+use bulwark_tls::MaybeTls;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::cmd::{self, ClientState, CommandCounts};
@@ -32,8 +32,8 @@ const BUF: usize = 16 << 10;
 /// A client connection and its buffers.
 #[derive(Debug)]
 pub struct Connection {
-    /// The socket.
-    socket: TcpStream,
+    /// The socket (after its TLS handshake, when the node speaks TLS).
+    socket: MaybeTls,
     /// Server-wide state.
     shared: Arc<Shared>,
     /// Becomes `true` when the server shuts down; checked between batches.
@@ -60,8 +60,7 @@ enum Next {
 
 impl Connection {
     /// Wraps an accepted socket.
-    pub fn new(socket: TcpStream, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Self {
-        let _ = socket.set_nodelay(true);
+    pub fn new(socket: MaybeTls, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Self {
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
         Connection {
             socket,
@@ -138,8 +137,7 @@ impl Connection {
                             return Ok(Next::Close);
                         }
                         ticket = Ticket::NONE;
-                        self.socket.write_all(&self.out).await?;
-                        self.out.clear();
+                        self.send().await?;
                     }
                 }
                 Err(e) => {
@@ -155,10 +153,17 @@ impl Connection {
             return Ok(Next::Close);
         }
         if !self.out.is_empty() {
-            self.socket.write_all(&self.out).await?;
-            self.out.clear();
+            self.send().await?;
         }
         Ok(next)
+    }
+
+    /// Writes the buffered replies out (through TLS's buffer, hence the flush).
+    async fn send(&mut self) -> std::io::Result<()> {
+        self.socket.write_all(&self.out).await?;
+        self.socket.flush().await?;
+        self.out.clear();
+        Ok(())
     }
 
     /// Waits until the batch's writes are as durable as promised. On failure the replies

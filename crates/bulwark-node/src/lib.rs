@@ -62,6 +62,17 @@ pub struct NodeArgs {
     /// `enable-debug-command`; refused otherwise. `bulwark up` enables it on its replicas.
     #[arg(long, env = "ENABLE_DEBUG_COMMAND")]
     pub enable_debug_command: bool,
+    /// Serve RESP over TLS with this certificate chain (PEM), as Redis's `tls-cert-file`;
+    /// the port then speaks TLS only. Reloaded when the file changes or on SIGHUP.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `--tls-cert-file` (PEM).
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Require clients to present a certificate signed by this CA (PEM): mutual TLS, the
+    /// node's authentication (as Redis's `tls-ca-cert-file` with `tls-auth-clients yes`).
+    #[arg(long, env = "TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_ca_cert_file: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -79,6 +90,41 @@ impl NodeArgs {
             writer_id: None,
             maxmemory: 0,
             enable_debug_command: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_cert_file: None,
+        }
+    }
+
+    /// The TLS files, when `--tls-cert-file` is set.
+    pub fn tls_files(&self) -> Option<bulwark_tls::TlsFiles> {
+        Some(bulwark_tls::TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            client_ca: self.tls_ca_cert_file.clone(),
+        })
+    }
+
+    /// The node's TLS acceptor, or `None` for plain RESP; and protected mode, as Redis
+    /// has it: a node has no passwords, so a non-loopback `--bind` needs mutual TLS
+    /// (`--tls-cert-file`, `--tls-key-file` and `--tls-ca-cert-file`). An error names the
+    /// setting or file.
+    pub fn server_tls(&self) -> anyhow::Result<Option<bulwark_tls::ServerTls>> {
+        let loopback = self.bind == "localhost"
+            || self
+                .bind
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let files = self.tls_files();
+        if !loopback && files.as_ref().is_none_or(|f| f.client_ca.is_none()) {
+            anyhow::bail!(
+                "invalid NODE_BIND (--bind) {:?}: protected mode: a node bound beyond loopback needs mutual TLS (set --tls-cert-file, --tls-key-file and --tls-ca-cert-file)",
+                self.bind
+            );
+        }
+        match files {
+            None => Ok(None),
+            Some(f) => Ok(Some(bulwark_tls::ServerTls::load(&f, &[])?)),
         }
     }
 
@@ -111,10 +157,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let log_level = bulwark_config::Settings::load(None)?.log_level()?;
     bulwark_obs::logging::init(log_level.directive());
+    // Refused before the port is bound.
+    let tls = args.server_tls()?;
     let listener = tokio::net::TcpListener::bind((args.bind.as_str(), args.port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.bind, args.port))?;
-    serve(listener, args, shutdown).await
+    server::serve(listener, args, tls, shutdown).await
 }
 
 /// Like [`run`], on a listener the caller already bound (tests bind port 0 and read the
@@ -124,5 +172,6 @@ pub async fn serve(
     args: NodeArgs,
     shutdown: impl Future<Output = String> + Send + 'static,
 ) -> anyhow::Result<()> {
-    server::serve(listener, args, shutdown).await
+    let tls = args.server_tls()?;
+    server::serve(listener, args, tls, shutdown).await
 }

@@ -10,6 +10,7 @@ use bulwark_obs::events::{Emit, ServiceStarted, ShutdownEvent};
 use bulwark_obs::metrics::metrics;
 use bulwark_resp::{Limits, Parser};
 use bulwark_storage::{FsyncObserver, Store, StoreConfig};
+use bulwark_tls::{MaybeTls, ServerTls};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -22,6 +23,9 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How long a refused client gets to receive its error before the socket is dropped.
 const REJECT_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -47,6 +51,8 @@ pub struct Shared {
     pub total_connections: AtomicU64,
     /// Connections refused because `max_clients` were connected (INFO).
     pub rejected_connections: AtomicU64,
+    /// TLS handshakes that failed or timed out (INFO `tls_handshake_failures`).
+    pub tls_handshake_failures: AtomicU64,
     /// Commands processed since start (INFO).
     pub total_commands: AtomicU64,
     /// Source of CLIENT ID values.
@@ -69,6 +75,7 @@ impl Shared {
 pub async fn serve(
     listener: TcpListener,
     args: NodeArgs,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = String> + Send + 'static,
 ) -> anyhow::Result<()> {
     let dir = args.data_dir();
@@ -107,6 +114,7 @@ pub async fn serve(
         slots: Arc::new(Semaphore::new(max_clients)),
         total_connections: AtomicU64::new(0),
         rejected_connections: AtomicU64::new(0),
+        tls_handshake_failures: AtomicU64::new(0),
         total_commands: AtomicU64::new(0),
         next_client_id: AtomicU64::new(1),
         parser: Parser::new(Limits {
@@ -116,11 +124,19 @@ pub async fn serve(
         }),
         debug_commands: args.enable_debug_command,
     });
+    let tls_mode = match &tls {
+        None => "off",
+        Some(t) if t.requires_client_certs() => "mutual",
+        Some(_) => "on",
+    };
+    if let Some(t) = &tls {
+        t.spawn_watcher();
+    }
     ServiceStarted {
         service: &args.name,
         addr: &addr.to_string(),
         detail: &format!(
-            "bulwark node, appendfsync={}, dir={}, keys={}, max_clients={max_clients}",
+            "bulwark node, appendfsync={}, dir={}, keys={}, max_clients={max_clients}, tls={tls_mode}",
             args.appendfsync,
             dir.display(),
             report.live_keys
@@ -141,21 +157,26 @@ pub async fn serve(
                     shared.total_connections.fetch_add(1, Ordering::Relaxed);
                     match Arc::clone(&shared.slots).try_acquire_owned() {
                         Ok(permit) => {
-                            let conn = connection::Connection::new(
-                                socket,
-                                Arc::clone(&shared),
-                                stop_rx.clone(),
-                            );
+                            let (shared, stop, tls) =
+                                (Arc::clone(&shared), stop_rx.clone(), tls.clone());
                             let done = done_tx.clone();
                             tokio::spawn(async move {
-                                conn.run().await;
+                                if let Some(stream) =
+                                    handshake(socket, tls.as_ref(), &shared).await
+                                {
+                                    connection::Connection::new(stream, shared, stop).run().await;
+                                }
                                 drop(permit);
                                 drop(done);
                             });
                         }
                         Err(_) => {
                             shared.rejected_connections.fetch_add(1, Ordering::Relaxed);
-                            tokio::spawn(reject(socket));
+                            // A TLS client could not read a plain error: it just sees
+                            // the close.
+                            if tls.is_none() {
+                                tokio::spawn(reject(socket));
+                            }
                         }
                     }
                 }
@@ -200,6 +221,38 @@ pub async fn serve(
     }
     .emit();
     Ok(())
+}
+
+/// The connection after its TLS handshake (when the node speaks TLS), or `None` when
+/// the handshake failed or took longer than [`HANDSHAKE_DEADLINE`] (a plaintext client
+/// on a TLS port, a wrong CA, no client certificate under mutual TLS).
+async fn handshake(
+    socket: TcpStream,
+    tls: Option<&ServerTls>,
+    shared: &Shared,
+) -> Option<MaybeTls> {
+    let _ = socket.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Some(MaybeTls::Plain(socket));
+    };
+    let peer = socket.peer_addr().ok();
+    match tokio::time::timeout(HANDSHAKE_DEADLINE, tls.accept(socket)).await {
+        Ok(Ok(stream)) => Some(MaybeTls::Tls(Box::new(stream))),
+        Ok(Err(e)) => {
+            shared
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            shared
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = ?peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Tells a client over the connection limit why, then closes (as redis does).

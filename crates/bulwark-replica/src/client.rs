@@ -16,7 +16,7 @@ use tokio::time::{Instant, timeout_at};
 use crate::error::from_redis;
 use crate::reply::{self, version_wire};
 pub use crate::reply::{PrepareReply, PutReply};
-use crate::{Dialect, ReplicaError, ReplicaSpec};
+use crate::{Dialect, ReplicaError, ReplicaSpec, ReplicaTls};
 
 /// The Redis function library implementing the protocol (`lua/bulwark.lua`).
 pub const LUA_LIBRARY: &str = include_str!("../lua/bulwark.lua");
@@ -83,9 +83,12 @@ struct Inner {
     dialect: Dialect,
     /// Bound on every call, connect included.
     timeout: Duration,
-    /// The `redis` client for the address, or why the address is unusable (reported by
-    /// every call rather than panicking at construction).
-    client: Result<redis::Client, String>,
+    /// The `redis` client for the address, or why the address (or TLS files) is unusable
+    /// (reported by every call rather than panicking at construction). Under TLS it is
+    /// rebuilt from the files at every connect; a failed rebuild keeps the last one.
+    client: Mutex<Result<redis::Client, String>>,
+    /// TLS on this link, if any.
+    tls: Option<ReplicaTls>,
     /// Connection settings (timeouts, in-flight bound).
     config: AsyncConnectionConfig,
     /// The current connection. A std mutex: held to clone a handle, never across await.
@@ -122,19 +125,17 @@ impl ReplicaClient {
     /// A client for `spec` speaking `dialect`; every call (connect included) fails with
     /// [`ReplicaError::Timeout`] after `timeout`. Does not connect yet.
     pub fn new(spec: ReplicaSpec, dialect: Dialect, timeout: Duration) -> Self {
-        let client = spec
-            .host_port()
-            .map_err(|e| e.to_string())
-            .and_then(|(host, port)| {
-                let info = ConnectionAddr::Tcp(host.to_owned(), port)
-                    .into_connection_info()
-                    .map_err(|e| e.to_string())?
-                    // Latency matters more than packet count: no Nagle delay.
-                    .set_tcp_settings(TcpSettings::default().set_nodelay(true))
-                    // No CLIENT SETINFO round trip: a bulwark node does not need it.
-                    .set_redis_settings(RedisConnectionInfo::default().set_skip_set_lib_name());
-                redis::Client::open(info).map_err(|e| e.to_string())
-            });
+        Self::with_tls(spec, dialect, timeout, None)
+    }
+
+    /// Like [`ReplicaClient::new`], over TLS when `tls` is given.
+    pub fn with_tls(
+        spec: ReplicaSpec,
+        dialect: Dialect,
+        timeout: Duration,
+        tls: Option<ReplicaTls>,
+    ) -> Self {
+        let client = build_client(&spec, tls.as_ref());
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -144,7 +145,8 @@ impl ReplicaClient {
                 spec,
                 dialect,
                 timeout,
-                client,
+                client: Mutex::new(client),
+                tls,
                 config,
                 slot: Mutex::new(Slot::default()),
                 connecting: tokio::sync::Mutex::new(()),
@@ -414,11 +416,15 @@ impl ReplicaClient {
     }
 
     async fn open_inner(&self) -> Result<MultiplexedConnection, ReplicaError> {
-        let client = self
-            .inner
-            .client
-            .as_ref()
-            .map_err(|e| ReplicaError::Connect(e.clone()))?;
+        let client = {
+            let mut current = self.inner.client.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(tls) = &self.inner.tls
+                && let Ok(fresh) = build_client(&self.inner.spec, Some(tls))
+            {
+                *current = Ok(fresh);
+            }
+            current.clone().map_err(ReplicaError::Connect)?
+        };
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&self.inner.config)
             .await
@@ -480,4 +486,52 @@ fn load_library_cmd() -> Cmd {
 
 fn tomb_flag(value: Option<&[u8]>) -> &'static [u8] {
     if value.is_some() { b"0" } else { b"1" }
+}
+
+/// The `redis` client for `spec`, over TLS with `tls`'s files when given.
+fn build_client(spec: &ReplicaSpec, tls: Option<&ReplicaTls>) -> Result<redis::Client, String> {
+    let (host, port) = spec.host_port().map_err(|e| e.to_string())?;
+    redis_client(host, port, tls)
+}
+
+/// A `redis` client for `host:port` (no delay, no `CLIENT SETINFO`), over TLS with
+/// `tls`'s files (read now) when given: what every Bulwark RESP client connects with.
+pub fn redis_client(
+    host: &str,
+    port: u16,
+    tls: Option<&ReplicaTls>,
+) -> Result<redis::Client, String> {
+    let addr = match tls {
+        None => ConnectionAddr::Tcp(host.to_owned(), port),
+        Some(_) => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: false,
+            tls_params: None,
+        },
+    };
+    let info = addr
+        .into_connection_info()
+        .map_err(|e| e.to_string())?
+        // Latency matters more than packet count: no Nagle delay.
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true))
+        // No CLIENT SETINFO round trip: a bulwark node does not need it.
+        .set_redis_settings(RedisConnectionInfo::default().set_skip_set_lib_name());
+    let Some(tls) = tls else {
+        return redis::Client::open(info).map_err(|e| e.to_string());
+    };
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let client_tls = match &tls.identity {
+        None => None,
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls,
+        root_cert: Some(read(&tls.ca)?),
+    };
+    redis::Client::build_with_tls(info, certificates)
+        .map_err(|e| format!("TLS to {host}:{port}: {e}"))
 }

@@ -22,6 +22,6 @@ mod error;
 mod reply;
 mod spec;
 
-pub use client::{LUA_FORMAT, LUA_LIBRARY, PrepareReply, PutReply, ReplicaClient};
+pub use client::{LUA_FORMAT, LUA_LIBRARY, PrepareReply, PutReply, ReplicaClient, redis_client};
 pub use error::ReplicaError;
-pub use spec::{Dialect, ReplicaSpec, SpecError};
+pub use spec::{Dialect, ReplicaSpec, ReplicaTls, SpecError};

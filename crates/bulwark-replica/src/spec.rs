@@ -51,6 +51,18 @@ pub struct ReplicaSpec {
     pub addr: String,
 }
 
+/// TLS on the links to replicas: the CA their certificates must chain to and, for mutual
+/// TLS, the certificate and key the client presents. The files are read again at every
+/// connect, so renewed certificates are used without a restart; a set that fails to
+/// read keeps the last one that worked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaTls {
+    /// The CA file (PEM) the replicas' certificates are checked against.
+    pub ca: std::path::PathBuf,
+    /// The client's certificate chain and key (PEM), when replicas require one.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
 /// A replica list or dialect that cannot be used; the message names the bad part.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {

@@ -8,9 +8,11 @@
 //! | `DELETE /admin/chaos/clock` | back to 0 |
 //!
 //! Guarded: refused (403 `CHAOS_DISABLED`) unless fault injection is enabled for this
-//! gateway by the setting `CHAOS_TOKEN`, and then only to requests carrying
-//! `Authorization: Bearer <CHAOS_TOKEN>` (401 otherwise). `bulwark up` gives each run's
-//! gateways a fresh random token that only its chaos controller knows.
+//! gateway by the setting `CHAOS_TOKEN`, and then only to requests carrying the token in
+//! `X-Chaos-Token: <CHAOS_TOKEN>` (401 otherwise). On a gateway without credentials
+//! `Authorization: Bearer <CHAOS_TOKEN>` is accepted too; with credentials that header
+//! carries the caller's admin key, which the security layer checks first. `bulwark up`
+//! gives each run's gateways a fresh random token that only its chaos controller knows.
 
 use std::sync::Arc;
 
@@ -36,16 +38,19 @@ fn guard(state: &AppState, headers: &HeaderMap, rid: &str) -> Result<(), ApiErro
             rid,
         ));
     };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = match headers.get("x-chaos-token") {
+        Some(v) => v.to_str().unwrap_or(""),
+        None => headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or(""),
+    };
     if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "UNAUTHORIZED",
-            "a valid Authorization: Bearer <CHAOS_TOKEN> header is required",
+            "a valid X-Chaos-Token: <CHAOS_TOKEN> header is required",
             rid,
         ));
     }

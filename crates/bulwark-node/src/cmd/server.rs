@@ -198,7 +198,7 @@ pub(super) fn info(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdRe
         let _ = write!(
             s,
             "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
-             rejected_connections:{}\r\n\r\n",
+             rejected_connections:{}\r\ntls_handshake_failures:{}\r\n\r\n",
             shared
                 .total_connections
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -207,6 +207,9 @@ pub(super) fn info(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdRe
                 .load(std::sync::atomic::Ordering::Relaxed),
             shared
                 .rejected_connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            shared
+                .tls_handshake_failures
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
     }
