@@ -235,6 +235,12 @@ pub struct KvArgs {
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
 
+    /// Trust this CA (PEM) for `https://` targets (`<data>/tls/ca.pem` under
+    /// `bulwark up --tls`). Connections are kept alive, so the handshake is paid once per
+    /// worker.
+    #[arg(long, value_name = "FILE", env = "BULWARK_CA_FILE")]
+    pub cacert: Option<PathBuf>,
+
     /// Print a JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -317,8 +323,8 @@ impl Target {
 /// Why a `--target` could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetParseError {
-    /// The URL part is not `http://host[:port][/prefix]`.
-    #[error("target URL {0:?} must start with http:// and name a host")]
+    /// The URL part is not `http(s)://host[:port][/prefix]`.
+    #[error("target URL {0:?} must start with http:// or https:// and name a host")]
     BadUrl(String),
     /// `=URL` with nothing before the `=`.
     #[error("target label before '=' is empty")]
@@ -342,6 +348,7 @@ impl FromStr for Target {
         };
         let rest = url
             .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
             .ok_or_else(|| TargetParseError::BadUrl(url.to_owned()))?;
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.is_empty() || url.parse::<hyper::Uri>().is_err() {
@@ -516,7 +523,7 @@ mod tests {
             Err(TargetParseError::EmptyLabel)
         );
         assert!(matches!(
-            "AP=https://h:1".parse::<Target>(),
+            "AP=ftp://h:1".parse::<Target>(),
             Err(TargetParseError::BadUrl(_))
         ));
         assert!(matches!(

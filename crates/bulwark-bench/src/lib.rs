@@ -106,7 +106,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// Runs every scenario of `bulwark bench kv` and returns the results without printing
 /// them (progress bars still go to stderr when it is a terminal).
 pub async fn run_kv(args: &KvArgs) -> anyhow::Result<BenchReport> {
-    let client = http_client(args.timeout, args.concurrency as usize);
+    let tls = match &args.cacert {
+        Some(ca) => Some(bulwark_tls::client_config(ca, None)?),
+        None => {
+            if let Some(t) = args.effective_targets().iter().find(|t| t.url.starts_with("https://")) {
+                anyhow::bail!("target {t} is https://: give the CA to trust with --cacert FILE");
+            }
+            None
+        }
+    };
+    let client = http_client(args.timeout, args.concurrency as usize, tls);
     let authorization = match &args.api_key_file {
         None => None,
         Some(path) => {

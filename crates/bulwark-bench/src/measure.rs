@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -32,17 +33,37 @@ const MAX_STRIPES: usize = 32;
 /// How often the progress display is refreshed.
 const TICK: Duration = Duration::from_millis(200);
 
-/// The one HTTP/1.1 client (and connection pool) of a run.
-pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The one HTTP/1.1 client (and connection pool) of a run, for `http://` and `https://`.
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Builds the client: keep-alive, `TCP_NODELAY`, connect timeout, and an idle pool sized
 /// to the worker count. The pool may hold more connections than workers for a while (a
 /// request with no idle connection at hand dials one and also takes the first one freed);
 /// `bench shop`, which must hold exactly `--connections`, uses [`crate::conn`] instead.
-pub(crate) fn http_client(timeout: Duration, max_idle_per_host: usize) -> HttpClient {
+/// `https://` URLs are verified against `tls` (`--cacert`); without it they fail.
+pub(crate) fn http_client(
+    timeout: Duration,
+    max_idle_per_host: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(timeout));
+    connector.enforce_http(false);
+    let tls = tls.map_or_else(
+        || {
+            bulwark_tls::install_default_provider();
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        },
+        |c| (*c).clone(),
+    );
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(max_idle_per_host)
         .pool_idle_timeout(Duration::from_secs(30))

@@ -158,7 +158,7 @@ async fn sale(
     index: u64,
     shop: Option<&SpawnedShop>,
 ) -> anyhow::Result<StrategyRun> {
-    let control = measure::http_client(CONTROL_TIMEOUT, 4);
+    let control = measure::http_client(CONTROL_TIMEOUT, 4, None);
     wait_ready(&control, base).await?;
     seed(&control, base, &args.product, args.stock).await?;
 
