@@ -109,7 +109,11 @@ pub async fn run_kv(args: &KvArgs) -> anyhow::Result<BenchReport> {
     let tls = match &args.cacert {
         Some(ca) => Some(bulwark_tls::client_config(ca, None)?),
         None => {
-            if let Some(t) = args.effective_targets().iter().find(|t| t.url.starts_with("https://")) {
+            if let Some(t) = args
+                .effective_targets()
+                .iter()
+                .find(|t| t.url.starts_with("https://"))
+            {
                 anyhow::bail!("target {t} is https://: give the CA to trust with --cacert FILE");
             }
             None

@@ -46,7 +46,7 @@ pub struct AntiEntropyConfig {
 }
 
 /// Why a replica needs a record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// It does not hold the key at all.
@@ -148,7 +148,7 @@ pub fn plan(responders: &[usize], present: &[(usize, Version, u64)]) -> Plan {
 }
 
 /// What a round did, as `POST /v1/admin/anti-entropy` returns it and the round event logs.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct RoundSummary {
     /// `in_sync`, `repaired`, `conflict`, `incomplete` or `skipped`.
     pub result: &'static str,
@@ -175,7 +175,7 @@ pub struct RoundSummary {
 }
 
 /// Records written to one replica for one reason.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct RepairCount {
     /// The replica.
     pub node: String,

@@ -11,6 +11,7 @@
 //! * [`RespProxy`]: a RESP-aware proxy in front of one server that drops the reply of,
 //!   refuses, delays or closes after *specific* commands, switched at run time by
 //!   [`Rule`]s, for tests of the two-phase commit's lost-message paths;
+//! * [`schemathesis::run`]: schemathesis with every check against a live service;
 //! * [`sql::TestDatabase`]: a uniquely named PostgreSQL or MariaDB database (or a
 //!   temporary SQLite file) for one test, dropped with it.
 //!
@@ -22,6 +23,7 @@
 mod faults;
 mod redis;
 mod resp_proxy;
+pub mod schemathesis;
 pub mod sql;
 
 use std::future::Future;

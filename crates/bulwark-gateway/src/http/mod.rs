@@ -197,8 +197,6 @@ async fn circuit_breaker(State(state): State<Arc<AppState>>) -> Response {
 /// Runs an anti-entropy round now and returns its summary (HARD-6). The round is
 /// bounded like the periodic ones (`ANTI_ENTROPY_MAX_BUCKETS`, `ANTI_ENTROPY_MAX_KEYS`,
 /// `ANTI_ENTROPY_TIMEOUT_SEC` per call); `"result":"incomplete"` means call again.
-#[utoipa::path(post, path = "/v1/admin/anti-entropy",
-    responses((status = 200, description = "What the round did", body = crate::anti_entropy::RoundSummary)))]
 pub(crate) async fn anti_entropy(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(state.engine.anti_entropy_round().await).into_response()
 }
@@ -247,11 +245,12 @@ fn requested_mode(
     }
     let q = from_query.first().map(String::as_str);
     let h = from_header.first().copied();
-    if q.is_some_and(|v| v.trim().is_empty()) || h.is_some_and(|v| v.trim().is_empty()) {
+    if q.is_some_and(str::is_empty) || h.is_some_and(str::is_empty) {
         return Err(bad("consistency is empty (ap, cp or quorum)".into()));
     }
+    // Exactly `ap`, `cp` or `quorum` in any case: no whitespace is trimmed.
     let raw = match (q, h) {
-        (Some(a), Some(b)) if !a.trim().eq_ignore_ascii_case(b.trim()) => {
+        (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => {
             return Err(bad(format!(
                 "the query asks for consistency {a:?} and X-Consistency for {b:?}"
             )));

@@ -47,6 +47,23 @@ pub async fn write(
     {
         return limit_error(e, &rid).into_response();
     }
+    // A value in the path is limited to what always fits in a URI (the documented
+    // maxLength), so a client learns the bound from the document, not by probing.
+    let max_chars = super::openapi::path_value_chars(
+        limits.max_key_bytes,
+        limits.max_value_bytes,
+        state.engine.config.http.serve.guard.max_uri,
+    );
+    if value.chars().count() > max_chars {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "VALUE_TOO_LARGE",
+            format!("a value in the path is at most {max_chars} characters; send longer ones with PUT /v1/kv/{{key}}"),
+            &rid,
+        )
+        .with("limit", max_chars)
+        .into_response();
+    }
     let mode = match requested_mode(&state, query.as_deref(), &headers, &rid) {
         Ok(m) => m,
         Err(e) => return e.into_response(),

@@ -21,7 +21,7 @@ use super::{
 };
 
 /// JSON body of `PUT /v1/kv/{key}`: exactly one of `value` (text) or `value_base64`.
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutBody {
     /// The value as UTF-8 text.
@@ -68,9 +68,6 @@ pub async fn empty_key(Extension(rid): Extension<RequestId>) -> ApiError {
 }
 
 /// Read a key.
-#[utoipa::path(get, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key, at most MAX_KEY_BYTES"), ("consistency" = Option<String>, Query, description = "ap, cp or quorum (default: the gateway's mode); at most once, never empty"), ("X-Consistency" = Option<String>, Header, description = "the same as the consistency parameter; if both are given they must agree")),
-    responses((status = 200, description = "The value, its version and per-replica staleness; raw bytes with Accept: application/octet-stream"),
-              (status = 404, description = "No such key"), (status = 503, description = "Too few replicas answered")))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
@@ -132,12 +129,6 @@ pub async fn get(
 }
 
 /// Write a key.
-#[utoipa::path(put, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key"), ("consistency" = Option<String>, Query, description = "ap, cp or quorum (default: the gateway's mode); at most once, never empty"), ("X-Consistency" = Option<String>, Header, description = "the same as the consistency parameter; if both are given they must agree")),
-    request_body(content = PutBody, description = "JSON {value} or {value_base64}; any other content type is taken as the raw value"),
-    responses((status = 200, description = "Committed"), (status = 400, description = "Malformed body"),
-              (status = 413, description = "Key or value over the limit"),
-              (status = 503, description = "CP_ABORTED: not applied, guaranteed"),
-              (status = 504, description = "OUTCOME_UNKNOWN: may or may not be applied")))]
 pub async fn put(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
@@ -160,8 +151,19 @@ pub async fn put(
                 .into_response();
         }
     };
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
+    let content_type = headers.get(header::CONTENT_TYPE);
+    if body.is_empty() && content_type.is_none() {
+        // No body and no type: a forgotten body, not an empty value (send one as
+        // {"value":""} or with a Content-Type).
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_BODY",
+            "the request has no body: send {\"value\": …}, {\"value_base64\": …} or a raw value with its Content-Type",
+            &rid,
+        )
+        .into_response();
+    }
+    let is_json = content_type
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/json"));
     let value = if is_json {
@@ -185,12 +187,19 @@ pub async fn put(
     write_response(&state, &headers, &key, mode, outcome, &rid)
 }
 
+/// Standard base64 with padding; the unused bits of the last symbol may be set (RFC 4648
+/// lets decoders accept them), so any text matching the documented pattern decodes.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
 fn decode_json_value(body: &[u8]) -> Result<Bytes, String> {
     let parsed: PutBody =
         serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}"))?;
     match (parsed.value, parsed.value_base64) {
         (Some(text), None) => Ok(Bytes::from(text)),
-        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+        (None, Some(b64)) => BASE64
             .decode(b64)
             .map(Bytes::from)
             .map_err(|e| format!("value_base64 is not valid base64: {e}")),
@@ -199,8 +208,6 @@ fn decode_json_value(body: &[u8]) -> Result<Bytes, String> {
 }
 
 /// Delete a key (a versioned tombstone, so a delayed older write cannot resurrect it).
-#[utoipa::path(delete, path = "/v1/kv/{key}", params(("key" = String, Path, description = "UTF-8 key"), ("consistency" = Option<String>, Query, description = "ap, cp or quorum (default: the gateway's mode); at most once, never empty"), ("X-Consistency" = Option<String>, Header, description = "the same as the consistency parameter; if both are given they must agree")),
-    responses((status = 200, description = "Deleted"), (status = 503, description = "CP_ABORTED"), (status = 504, description = "OUTCOME_UNKNOWN")))]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     Extension(rid): Extension<RequestId>,
