@@ -39,6 +39,13 @@ if ! python3 -c 'import toxiproxy' >/dev/null 2>&1; then
     || python3 -m pip install --quiet --break-system-packages toxiproxy-python
 fi
 
+# The OpenAPI tests run schemathesis (PyPI) against live services.
+if ! command -v schemathesis >/dev/null 2>&1; then
+  echo "test.sh: installing schemathesis" >&2
+  python3 -m pip install --quiet schemathesis 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages schemathesis
+fi
+
 # The commerce service's tests (crates/bulwark-shop, the shop crash test) run on
 # PostgreSQL, MariaDB and NATS JetStream servers: each test creates its own uniquely
 # named database or stream and drops it. Install and start them when missing; leave
