@@ -105,25 +105,5 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$TMP" "$ROUNDS" "$DURATION" "$CONCURRENCY" "$(git rev-parse --short HEAD)" <<'PY'
-import json, statistics, sys, datetime
-tmp, rounds, duration, conc, commit = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-runs = {}
-for which in ("plain", "tls"):
-    for r in range(1, rounds + 1):
-        for res in json.load(open(f"{tmp}/{which}.{r}.json"))["results"]:
-            bad = res["requests"] - res["ok"]
-            if bad:
-                sys.exit(f"bench-tls: round {r}, {which} {res['op']}: {bad} requests failed: {res['status_codes']}")
-            runs.setdefault((which, res["op"]), []).append(res)
-med = lambda xs: statistics.median(xs)
-print(f"bench-tls  {datetime.date.today()}  commit {commit}  {rounds} rounds × {duration} s, "
-      f"{conc} keep-alive connections, --api v1, medians")
-print(f"{'op':6} {'plain rps':>10} {'tls rps':>9} {'ratio':>6} {'plain p50':>10} {'tls p50':>8} {'Δp50 µs':>8} {'plain p99':>10} {'tls p99':>8}")
-for op in ("write", "read"):
-    o, s = runs[("plain", op)], runs[("tls", op)]
-    orps, srps = med([x["throughput_rps"] for x in o]), med([x["throughput_rps"] for x in s])
-    o50, s50 = med([x["latency_us"]["p50"] for x in o]), med([x["latency_us"]["p50"] for x in s])
-    o99, s99 = med([x["latency_us"]["p99"] for x in o]), med([x["latency_us"]["p99"] for x in s])
-    print(f"{op:6} {orps:10.0f} {srps:9.0f} {srps / orps:6.3f} {o50:10.0f} {s50:8.0f} {s50 - o50:8.0f} {o99:10.0f} {s99:8.0f}")
-PY
+python3 scripts/lib/bench-ratio.py bench-tls plain tls "$TMP" "$ROUNDS" "$DURATION" "$CONCURRENCY" \
+  "$(git rev-parse --short HEAD)"
