@@ -430,6 +430,12 @@ impl ShopDriver {
             .url
             .parse()
             .with_context(|| format!("bad URL {:?}", target.url))?;
+        // The shop driver speaks HTTP/1.1 over its own sockets; it has no TLS.
+        anyhow::ensure!(
+            url.scheme_str() == Some("http"),
+            "bench shop needs an http:// URL, not {:?}",
+            target.url
+        );
         let host = url
             .host()
             .with_context(|| format!("no host in {:?}", target.url))?;

@@ -61,6 +61,8 @@ fn now() -> u64 {
 
 /// Every route the gateway serves, with the least role it needs (None: open). Kept
 /// beside the OpenAPI document: the test fails when a documented route is missing here.
+const CHAOS_TOKEN: &str = "chaos-token-for-the-route-table";
+
 const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/write/k1/v1", Some("write")),
     ("GET", "/read/k1", Some("read")),
@@ -70,6 +72,9 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/circuit-breaker", Some("read")),
     ("GET", "/metrics", Some("read")),
     ("POST", "/v1/admin/anti-entropy", Some("admin")),
+    ("GET", "/admin/chaos/clock", Some("admin")),
+    ("PUT", "/admin/chaos/clock", Some("admin")),
+    ("DELETE", "/admin/chaos/clock", Some("admin")),
     ("GET", "/health", None),
     ("GET", "/health/live", None),
     ("GET", "/health/ready", None),
@@ -98,6 +103,10 @@ async fn call(
     }
     if let Some(a) = auth {
         rb = rb.header("authorization", a);
+    }
+    // The chaos routes need the fault-injection token besides an admin role.
+    if path.starts_with("/admin/chaos/") {
+        rb = rb.header("x-chaos-token", CHAOS_TOKEN);
     }
     let r = rb.send().await.expect("request");
     let status = r.status().as_u16();
@@ -128,6 +137,7 @@ async fn every_route_answers_by_role_and_refuses_every_bad_credential() {
                 ("JWT_SECRET", JWT_SECRET),
                 ("JWT_AUDIENCE", AUDIENCE),
                 ("RATE_LIMIT", "off"),
+                ("CHAOS_TOKEN", CHAOS_TOKEN),
                 ("AUDIT_LOG", &audit.display().to_string()),
             ],
         )
