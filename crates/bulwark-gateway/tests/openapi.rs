@@ -11,7 +11,7 @@ use common::{Backend, TestCluster};
 async fn schemathesis_finds_nothing_against_a_live_gateway() {
     let cluster = TestCluster::start(Backend::Bulwark, 3).await;
     let gw = cluster.gateway("ap", &[]).await;
-    match bulwark_testkit::schemathesis::run(&gw.url, &[]).await {
+    match bulwark_testkit::schemathesis::run(&gw.url, &[], &[]).await {
         Ok(summary) => {
             let tail: Vec<&str> = summary.lines().rev().take(12).collect();
             eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));

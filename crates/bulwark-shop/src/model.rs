@@ -10,7 +10,7 @@ pub const MAX_QUANTITY: i64 = 1000;
 pub const MAX_ID_LEN: usize = 128;
 
 /// A product of the catalog.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     /// Stable id chosen by the operator (`p1`).
     pub id: String,

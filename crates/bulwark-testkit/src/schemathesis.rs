@@ -9,10 +9,11 @@ use std::time::Duration;
 pub const MAX_TIME: Duration = Duration::from_secs(40);
 
 /// Runs `schemathesis run <base>/openapi.json --checks all` for at most [`MAX_TIME`] (one
-/// worker, so writes to one key never race), sending `headers` with every request.
+/// worker, so writes to one key never race), sending `headers` with every request, with
+/// `args` added (`--exclude-path …`).
 /// `Ok` with its summary when no check failed; `Err` with its report otherwise (or when
 /// it could not run).
-pub async fn run(base: &str, headers: &[(&str, &str)]) -> Result<String, String> {
+pub async fn run(base: &str, headers: &[(&str, &str)], args: &[&str]) -> Result<String, String> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/schemathesis");
     let mut cmd = tokio::process::Command::new("schemathesis");
     cmd.arg("--config-file")
@@ -25,6 +26,7 @@ pub async fn run(base: &str, headers: &[(&str, &str)]) -> Result<String, String>
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .env("PYTHONPATH", &dir)
         .kill_on_drop(true);
+    cmd.args(args);
     for (k, v) in headers {
         cmd.args(["--header", &format!("{k}: {v}")]);
     }

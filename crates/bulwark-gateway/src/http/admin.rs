@@ -87,8 +87,7 @@ pub(super) async fn set_clock(
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_BODY", m, &rid.0);
     let v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| bad(format!("expected {{\"offset_ms\": N}}: {e}")))?;
-    let offset = v["offset_ms"]
-        .as_i64()
+    let offset = bulwark_http::input::as_integer(&v["offset_ms"])
         .filter(|o| o.abs() <= MAX_OFFSET_MS)
         .ok_or_else(|| {
             bad(format!(

@@ -1,5 +1,6 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document of every route (`openapi.json` beside
-//! this crate's `Cargo.toml`), with this gateway's limits filled in. Written by hand, so
+//! this crate's `Cargo.toml`), with this gateway's limits filled in and the HTTP layer's
+//! answers added ([`bulwark_http::openapi::complete`]). Written by hand, so
 //! it can say what the code does (`oneOf` bodies, every status the HTTP layer answers, the
 //! consistency parameter as query and header); kept true by the schemathesis test
 //! (`tests/openapi.rs`), which runs every check against a live gateway, and by the
@@ -51,6 +52,7 @@ pub fn document_for(max_key_bytes: usize, max_value_bytes: usize, max_uri: usize
         "/components/schemas/PutBody/oneOf/1/properties/value_base64/maxLength",
         max_value_bytes.div_ceil(3) * 4,
     );
+    bulwark_http::openapi::complete(&mut doc);
     doc
 }
 
@@ -85,5 +87,9 @@ mod tests {
             (1usize << 20).div_ceil(3) * 4
         );
         assert_eq!(path_value_chars(8192, 1 << 20, 16 * 1024), 0);
+        // The gateway's own 400 and the layer's 401 are on every operation.
+        let put = &doc["paths"]["/v1/kv/{key}"]["put"]["responses"];
+        assert_eq!(put["400"]["$ref"], "#/components/responses/BadRequest");
+        assert_eq!(put["401"]["$ref"], "#/components/responses/Unauthenticated");
     }
 }
