@@ -212,6 +212,14 @@ fn check_head(buf: &[u8], limits: &GuardLimits) -> HeadCheck {
             if req.method == Some("CONNECT") {
                 return HeadCheck::Refuse(Refusal::Connect);
             }
+            // A target hyper cannot read as a URI (`'read/k1`) would get hyper's own bare
+            // 400, without the envelope (found by fuzz/gateway_http).
+            if req
+                .path
+                .is_some_and(|p| p.parse::<axum::http::Uri>().is_err())
+            {
+                return HeadCheck::Refuse(Refusal::Malformed);
+            }
             match framing(req.version, req.headers) {
                 Ok(framing) => HeadCheck::Complete { len, framing },
                 Err(r) => HeadCheck::Refuse(r),
@@ -731,6 +739,11 @@ mod tests {
             ),
             (b"CONNECT x:443 HTTP/1.1\r\n\r\n".to_vec(), Refusal::Connect),
             (b"G\x01T / HTTP/1.1\r\n\r\n".to_vec(), Refusal::Malformed),
+            // Found by the fuzzer: a target that is no URI.
+            (
+                b"GET 'read/k1 HTTP/1.1\r\n\r\n".to_vec(),
+                Refusal::Malformed,
+            ),
         ];
         for (input, refusal) in cases {
             assert_eq!(through(&input).await, refused(refusal), "{refusal:?}");

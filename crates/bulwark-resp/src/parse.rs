@@ -377,7 +377,13 @@ fn decode_bulk(frame: &Bytes, pos: &mut usize) -> Result<Frame, ParseError> {
 
 fn decode_line(frame: &Bytes, pos: &mut usize) -> Result<String, ParseError> {
     let lf = find_lf(frame, *pos, usize::MAX).ok_or(ParseError::ExpectedCrlf)?;
-    let s = std::str::from_utf8(&frame[*pos..lf - 1]).map_err(|_| ParseError::InvalidUtf8)?;
+    let line = &frame[*pos..lf - 1];
+    // A CR inside the line is a broken terminator (no encoder writes one: ours replaces
+    // it, Redis's does too); taken as text it would not survive being sent on.
+    if line.contains(&b'\r') {
+        return Err(ParseError::ExpectedCrlf);
+    }
+    let s = std::str::from_utf8(line).map_err(|_| ParseError::InvalidUtf8)?;
     *pos = lf + 1;
     Ok(s.to_owned())
 }
@@ -586,6 +592,9 @@ mod tests {
     #[test]
     fn malformed_input_is_a_typed_error() {
         let cases: &[(&[u8], ParseError)] = &[
+            // Found by the fuzzer (fuzz/): a CR inside a status line.
+            (b"+OK\rJ\r\n", ParseError::ExpectedCrlf),
+            (b"-ERR a\rb\r\n", ParseError::ExpectedCrlf),
             (
                 b"$abc\r\n",
                 ParseError::InvalidInteger {
