@@ -13,7 +13,9 @@
 //! * [`admission`]: `MAX_IN_FLIGHT`, after the body is in;
 //! * [`HttpConfig`]: the settings, resolved and checked, and [`HttpConfig::stack`].
 //!
-//! Each service keeps its own mapping from its errors to [`ApiError`]s.
+//! Each service keeps its own mapping from its errors to [`ApiError`]s. Beside the stack:
+//! [`openapi`] (the stack's answers, added to each service's OpenAPI document) and
+//! [`input`] (JSON integers as JSON Schema counts them).
 
 #![forbid(unsafe_code)]
 
