@@ -17,9 +17,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bulwark_gateway::config::GatewayConfig;
-use bulwark_gateway::engine::Engine;
-use bulwark_gateway::http::{AppState, observed, router};
-use bulwark_gateway::session::SessionCodec;
 use bulwark_http::guard::{ConnMeta, GuardLimits, Guarded};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,19 +45,10 @@ fn gateway() -> &'static Gateway {
         ]);
         let config = GatewayConfig::from_settings(&settings).expect("config");
         let guard = config.http.serve.guard;
-        let app = rt.block_on(async {
-            let state = Arc::new(AppState {
-                sessions: SessionCodec::new(&config.secret_key),
-                admission: bulwark_http::admission::Admission::new(config.max_in_flight),
-                engine: Engine::new(config),
-            });
-            let config = &state.engine.config;
-            let (app, _security) = config
-                .http
-                .stack(&config.name, observed(config.mode), router(state.clone()))
-                .expect("stack");
-            app
-        });
+        // The engine starts its replica clients on the runtime.
+        let (_state, app, _security) = rt
+            .block_on(async { bulwark_gateway::app(config) })
+            .expect("app");
         Gateway { rt, app, guard }
     })
 }

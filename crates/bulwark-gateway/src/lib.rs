@@ -103,6 +103,32 @@ pub async fn run(
     serve(listener, config, shutdown).await
 }
 
+/// The gateway's state and its whole HTTP application (the shared stack around the
+/// routes), as `serve` runs it; the fuzz target (`fuzz/`) drives the same one.
+pub fn app(
+    config: GatewayConfig,
+) -> Result<
+    (
+        Arc<AppState>,
+        axum::Router,
+        bulwark_http::security::Security,
+    ),
+    bulwark_config::ConfigError,
+> {
+    let state = Arc::new(AppState {
+        sessions: SessionCodec::new(&config.secret_key),
+        admission: bulwark_http::admission::Admission::new(config.max_in_flight),
+        engine: Engine::new(config),
+    });
+    let config = &state.engine.config;
+    let (app, security) = config.http.stack(
+        &config.name,
+        http::observed(config.mode),
+        http::router(state.clone()),
+    )?;
+    Ok((state, app, security))
+}
+
 /// Serves on an already-bound listener until `shutdown` resolves, then drains in-flight
 /// requests (bounded by `SHUTDOWN_TIMEOUT_SEC`), delivers queued hints, logs
 /// `SHUTDOWN_EVENT` and returns.
@@ -119,17 +145,8 @@ pub async fn serve(
             message = "SECRET_KEY is unset or the example value: session cookies can be forged; set a random one (openssl rand -hex 32) and ENVIRONMENT=production outside development",
         );
     }
-    let state = Arc::new(AppState {
-        sessions: SessionCodec::new(&config.secret_key),
-        admission: bulwark_http::admission::Admission::new(config.max_in_flight),
-        engine: Engine::new(config),
-    });
+    let (state, app, security) = app(config)?;
     let config = &state.engine.config;
-    let (app, security) = config.http.stack(
-        &config.name,
-        http::observed(config.mode),
-        http::router(state.clone()),
-    )?;
     let detail = format!(
         "mode={} backend={:?} replicas={} timeout_ms={} max_staleness_ms={} {}",
         config.mode,

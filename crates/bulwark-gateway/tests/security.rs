@@ -59,10 +59,10 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Every route the gateway serves, with the least role it needs (None: open). Kept
-/// beside the OpenAPI document: the test fails when a documented route is missing here.
 const CHAOS_TOKEN: &str = "chaos-token-for-the-route-table";
 
+/// Every route the gateway serves, with the least role it needs (None: open). Kept
+/// beside the OpenAPI document: the test fails when a documented route is missing here.
 const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/write/k1/v1", Some("write")),
     ("GET", "/read/k1", Some("read")),

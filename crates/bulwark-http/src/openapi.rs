@@ -81,6 +81,15 @@ fn object(v: &mut Value) -> &mut Map<String, Value> {
     }
 }
 
+/// A service's embedded document (`include_str!` of its `openapi.json`), completed. A
+/// document that does not parse comes out as `null`; each service's unit test holds its
+/// own to parsing.
+pub fn embedded(text: &str) -> Value {
+    let mut doc: Value = serde_json::from_str(text).unwrap_or_default();
+    complete(&mut doc);
+    doc
+}
+
 /// Adds the layer's parts to `doc`: the `Error` schema, the `bearer` scheme (optional:
 /// a service without credentials serves loopback without them), the layer's responses,
 /// and on every operation each layer status it does not describe itself. What the

@@ -164,15 +164,12 @@ async fn metrics() -> Response {
 /// (`tests/openapi.rs`) and the security test's role table.
 const DOCUMENT: &str = include_str!("../openapi.json");
 
-fn document() -> Value {
-    // A unit test holds the embedded document to parsing.
-    let mut doc: Value = serde_json::from_str(DOCUMENT).unwrap_or_default();
-    bulwark_http::openapi::complete(&mut doc);
-    doc
-}
+/// The completed document, built once: the shop's limits are constants.
+static OPENAPI: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| bulwark_http::openapi::embedded(DOCUMENT));
 
 async fn openapi() -> axum::Json<Value> {
-    axum::Json(document())
+    axum::Json(OPENAPI.clone())
 }
 
 fn valid_id(s: &str) -> bool {
@@ -830,7 +827,7 @@ mod tests {
 
     #[test]
     fn the_document_parses_and_states_the_models_limits() {
-        let doc = document();
+        let doc = &*OPENAPI;
         assert_eq!(doc["openapi"], "3.1.0");
         let schemas = &doc["components"]["schemas"];
         assert_eq!(
