@@ -1,5 +1,6 @@
 //! One audit record and its line: fields in a fixed order, `prev` and `hash` last.
 
+use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -17,10 +18,9 @@ pub(crate) const HASH_FIELD: &str = ",\"hash\":\"";
 pub(crate) const HASH_SUFFIX_LEN: usize = HASH_FIELD.len() + 64 + 2;
 
 /// One audited action. Every field is a name or a number, never a value or a secret.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// When it finished, as milliseconds since the Unix epoch (written as RFC 3339).
-    #[serde(skip)]
     pub at_ms: u64,
     /// The service that served it (`app_cp`, `app_shop`, `up`).
     pub service: String,
@@ -62,29 +62,38 @@ impl Record {
         }
     }
 
-    /// The line (without its newline) for this record at `seq`, after the line whose
-    /// hash is `prev`; returns it and its own hash.
-    pub(crate) fn line(&self, seq: u64, prev: &str) -> (String, String) {
-        let text = |s: &str| serde_json::Value::from(s).to_string();
-        let mut line = format!(
-            "{{\"v\":{FORMAT},\"seq\":{seq},\"ts\":\"{}\",\"service\":{},\"key_id\":{},\"role\":{},\"client\":{},\"method\":{},\"route\":{},\"resource\":{},\"status\":{},\"outcome\":{},\"request_id\":{},\"prev\":\"{prev}\"",
-            rfc3339_ms(self.at_ms),
-            text(&self.service),
-            text(&self.key_id),
-            text(&self.role),
-            text(&self.client),
-            text(&self.method),
-            text(&self.route),
-            text(&self.resource),
-            self.status,
-            text(&self.outcome),
-            text(&self.request_id),
-        );
-        let hash = hash_hex(line.as_bytes());
-        line.push_str(HASH_FIELD);
-        line.push_str(&hash);
-        line.push_str("\"}");
-        (line, hash)
+    /// Appends the line (without its newline) for this record at `seq`, after the line
+    /// whose hash is `prev`, to `out`; returns its own hash. Written straight into the
+    /// batch's buffer: the writer thread shares the service's cores.
+    pub(crate) fn write_line(&self, seq: u64, prev: &str, out: &mut Vec<u8>) -> String {
+        let start = out.len();
+        // Writing to a Vec cannot fail: the results below are always Ok.
+        let _ = write!(out, "{{\"v\":{FORMAT},\"seq\":{seq},\"ts\":\"");
+        write_rfc3339_ms(out, self.at_ms);
+        out.push(b'"');
+        let fields: [(&str, &str); 7] = [
+            ("service", &self.service),
+            ("key_id", &self.key_id),
+            ("role", &self.role),
+            ("client", &self.client),
+            ("method", &self.method),
+            ("route", &self.route),
+            ("resource", &self.resource),
+        ];
+        for (name, value) in fields {
+            let _ = write!(out, ",\"{name}\":");
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+        let _ = write!(out, ",\"status\":{},\"outcome\":", self.status);
+        let _ = serde_json::to_writer(&mut *out, &self.outcome);
+        out.extend_from_slice(b",\"request_id\":");
+        let _ = serde_json::to_writer(&mut *out, &self.request_id);
+        let _ = write!(out, ",\"prev\":\"{prev}\"");
+        let hash = hash_hex(&out[start..]);
+        out.extend_from_slice(HASH_FIELD.as_bytes());
+        out.extend_from_slice(hash.as_bytes());
+        out.extend_from_slice(b"\"}");
+        hash
     }
 }
 
@@ -105,7 +114,7 @@ pub(crate) fn split_hash(line: &str) -> Option<(&str, &str)> {
 
 /// `ms` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), from the civil-date
 /// algorithm of Howard Hinnant's `chrono`-compatible date library.
-fn rfc3339_ms(ms: u64) -> String {
+fn write_rfc3339_ms(out: &mut Vec<u8>, ms: u64) {
     let secs = ms / 1000;
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
@@ -118,13 +127,14 @@ fn rfc3339_ms(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
+    let _ = write!(
+        out,
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
         ms % 1000
-    )
+    );
 }
 
 #[cfg(test)]
@@ -149,21 +159,31 @@ mod tests {
 
     #[test]
     fn timestamps_are_utc_rfc3339() {
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(1_796_644_800_123), "2026-12-07T12:00:00.123Z");
+        let ts = |ms| {
+            let mut out = Vec::new();
+            write_rfc3339_ms(&mut out, ms);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(ts(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(ts(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(ts(1_796_644_800_123), "2026-12-07T12:00:00.123Z");
     }
 
     #[test]
     fn a_line_is_json_and_carries_its_own_hash() {
-        let (line, hash) = record(0).line(3, GENESIS);
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let mut out = b"earlier line\n".to_vec();
+        let hash = record(0).write_line(3, GENESIS, &mut out);
+        let line = std::str::from_utf8(&out)
+            .unwrap()
+            .strip_prefix("earlier line\n")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["v"], 1);
         assert_eq!(v["seq"], 3);
         assert_eq!(v["resource"], "key=\"quoted\"");
         assert_eq!(v["prev"], GENESIS);
         assert_eq!(v["hash"], hash.as_str());
-        let (body, claimed) = split_hash(&line).unwrap();
+        let (body, claimed) = split_hash(line).unwrap();
         assert_eq!(claimed, hash);
         assert_eq!(hash_hex(body.as_bytes()), hash);
         assert!(split_hash("{\"hash\":\"short\"}").is_none());

@@ -120,6 +120,8 @@ struct Writer {
     file: File,
     last_fsync: Instant,
     unsynced: bool,
+    /// The batch's lines, kept between batches so their memory is reused.
+    buf: Vec<u8>,
 }
 
 impl Writer {
@@ -140,6 +142,7 @@ impl Writer {
             file,
             last_fsync: Instant::now(),
             unsynced: false,
+            buf: Vec::new(),
         })
     }
 
@@ -248,24 +251,25 @@ impl Writer {
             len = 0;
         }
         let (mut seq, mut prev) = self.chain_tail(len)?;
-        let mut out = String::with_capacity(records.len().min(64) * 320);
+        let mut out = std::mem::take(&mut self.buf);
+        out.clear();
         for r in records {
             seq += 1;
-            let (line, hash) = r.line(seq, &prev);
-            if !out.is_empty() && len + (out.len() + line.len()) as u64 >= self.config.max_bytes {
+            let start = out.len();
+            prev = r.write_line(seq, &prev, &mut out);
+            out.push(b'\n');
+            if start > 0 && len + out.len() as u64 > self.config.max_bytes {
                 // Rotate inside the batch too, so no file grows far past the limit.
-                self.file.write_all(out.as_bytes()).map_err(io_err(path))?;
+                self.file.write_all(&out[..start]).map_err(io_err(path))?;
                 self.unsynced = true;
-                out.clear();
+                out.drain(..start);
                 self.rotate()?;
                 len = 0;
             }
-            out.push_str(&line);
-            out.push('\n');
-            prev = hash;
         }
-        self.file.write_all(out.as_bytes()).map_err(io_err(path))?;
+        self.file.write_all(&out).map_err(io_err(path))?;
         self.unsynced = true;
+        self.buf = out;
         Ok(())
     }
 

@@ -29,7 +29,14 @@ enum ClientKey {
 /// One limiter per route class (read, write, admin), or none for a class not limited.
 #[derive(Debug)]
 pub struct Limiters {
-    by_role: [Option<RateLimiter<ClientKey>>; 3],
+    by_role: [Option<Limiter>; 3],
+}
+
+/// A class's limiter and its `RateLimit-Policy` header, which never changes.
+#[derive(Debug)]
+struct Limiter {
+    rate: RateLimiter<ClientKey>,
+    policy: Option<HeaderValue>,
 }
 
 impl Limiters {
@@ -37,13 +44,31 @@ impl Limiters {
     /// at most `max_keys` clients.
     pub fn new(policies: [Option<Policy>; 3], max_keys: usize) -> Limiters {
         Limiters {
-            by_role: policies.map(|p| p.map(|p| RateLimiter::new(p, max_keys))),
+            by_role: policies.map(|p| {
+                p.map(|p| {
+                    let rate = RateLimiter::new(p, max_keys);
+                    let policy = policy_header(&rate);
+                    Limiter { rate, policy }
+                })
+            }),
         }
     }
 
-    fn for_role(&self, role: Role) -> Option<&RateLimiter<ClientKey>> {
+    fn for_role(&self, role: Role) -> Option<&Limiter> {
         self.by_role[role as usize].as_ref()
     }
+}
+
+/// `RateLimit-Policy`: every quota of the class, as in draft-ietf-httpapi-ratelimit-headers.
+fn policy_header(limiter: &RateLimiter<ClientKey>) -> Option<HeaderValue> {
+    let policy = limiter
+        .policy()
+        .quotas()
+        .iter()
+        .map(|q| format!("\"{}\";q={};w={}", q.name(), q.count, q.window.as_secs()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    HeaderValue::from_str(&policy).ok()
 }
 
 /// Everything the middleware needs; cheap to clone.
@@ -97,11 +122,9 @@ pub struct Caller(pub Principal);
 /// The middleware (`from_fn_with_state(security, security::layer)`).
 pub async fn layer(State(sec): State<Security>, mut req: Request, next: Next) -> Response {
     let s = &*sec.inner;
-    let template = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
-    let route = (s.classify)(req.method(), template.as_deref());
+    // Only cheap handles here (an Arc, an enum); the strings are made when a record is.
+    let template = req.extensions().get::<MatchedPath>().cloned();
+    let route = (s.classify)(req.method(), template.as_ref().map(MatchedPath::as_str));
     let Access::Needs(needed) = route.access else {
         return next.run(req).await;
     };
@@ -112,8 +135,7 @@ pub async fn layer(State(sec): State<Security>, mut req: Request, next: Next) ->
     let peer = req.extensions().get::<Arc<ConnMeta>>().map(|m| m.peer.ip());
     let client = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let audited = route.audited(req.method());
-    let method = req.method().to_string();
-    let route_name = template.unwrap_or_else(|| "<unmatched>".to_owned());
+    let method = req.method().clone();
     let resource = if audited {
         resource_of(&mut req).await
     } else {
@@ -126,8 +148,11 @@ pub async fn layer(State(sec): State<Security>, mut req: Request, next: Next) ->
             key_id: principal.map_or_else(|| "-".to_owned(), |p| p.id.to_string()),
             role: principal.map_or("-", |p| p.role.as_str()).to_owned(),
             client: client.to_string(),
-            method: method.clone(),
-            route: route_name.clone(),
+            method: method.to_string(),
+            route: template
+                .as_ref()
+                .map_or("<unmatched>", MatchedPath::as_str)
+                .to_owned(),
             resource: resource.clone(),
             status,
             outcome: Record::outcome_of(status).to_owned(),
@@ -208,7 +233,7 @@ pub async fn layer(State(sec): State<Security>, mut req: Request, next: Next) ->
     let limiter = s.limits.as_ref().and_then(|l| l.for_role(needed));
     let standing = match limiter {
         Some(l) => {
-            let st = l.check(&key);
+            let st = l.rate.check(&key);
             if !st.allowed {
                 audit(Some(&principal), 429).await;
                 return refused(l, needed, &st, &rid);
@@ -231,11 +256,11 @@ pub async fn layer(State(sec): State<Security>, mut req: Request, next: Next) ->
 /// Checks `key` against the class's limit; the 429 when it is over.
 fn limit(s: &Inner, class: Role, key: &ClientKey, rid: &str) -> Option<Response> {
     let l = s.limits.as_ref()?.for_role(class)?;
-    let st = l.check(key);
+    let st = l.rate.check(key);
     (!st.allowed).then(|| refused(l, class, &st, rid))
 }
 
-fn refused(limiter: &RateLimiter<ClientKey>, class: Role, st: &Standing, rid: &str) -> Response {
+fn refused(limiter: &Limiter, class: Role, st: &Standing, rid: &str) -> Response {
     metrics()
         .http_rate_limited
         .with_label_values(&[class.as_str()])
@@ -259,14 +284,8 @@ fn refused(limiter: &RateLimiter<ClientKey>, class: Role, st: &Standing, rid: &s
 
 /// `RateLimit-Policy` (every quota of the class) and `RateLimit` (the one with the
 /// fewest requests left), as in draft-ietf-httpapi-ratelimit-headers.
-fn rate_headers(r: &mut Response, limiter: &RateLimiter<ClientKey>, st: &Standing) {
-    let quotas = limiter.policy().quotas();
-    let policy = quotas
-        .iter()
-        .map(|q| format!("\"{}\";q={};w={}", q.name(), q.count, q.window.as_secs()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let current = quotas.get(st.quota).map(|q| {
+fn rate_headers(r: &mut Response, limiter: &Limiter, st: &Standing) {
+    let current = limiter.rate.policy().quotas().get(st.quota).map(|q| {
         format!(
             "\"{}\";r={};t={}",
             q.name(),
@@ -275,8 +294,8 @@ fn rate_headers(r: &mut Response, limiter: &RateLimiter<ClientKey>, st: &Standin
         )
     });
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&policy) {
-        h.insert("ratelimit-policy", v);
+    if let Some(policy) = &limiter.policy {
+        h.insert("ratelimit-policy", policy.clone());
     }
     if let Some(Ok(v)) = current.map(|c| HeaderValue::from_str(&c)) {
         h.insert("ratelimit", v);
