@@ -1,6 +1,8 @@
 //! One audit record and its line: fields in a fixed order, `prev` and `hash` last.
 
 use std::io::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -23,14 +25,14 @@ pub struct Record {
     /// When it finished, as milliseconds since the Unix epoch (written as RFC 3339).
     pub at_ms: u64,
     /// The service that served it (`app_cp`, `app_shop`, `up`).
-    pub service: String,
+    pub service: Arc<str>,
     /// The credential's id (`writer`, `jwt:alice`), `anonymous` in protected mode, or
     /// `-` when authentication failed.
-    pub key_id: String,
+    pub key_id: Arc<str>,
     /// `read`, `write`, `admin`, or `-`.
-    pub role: String,
+    pub role: &'static str,
     /// The client's IP address.
-    pub client: String,
+    pub client: IpAddr,
     /// HTTP method.
     pub method: String,
     /// The route template (`/v1/kv/{key}`), never the raw path.
@@ -40,7 +42,7 @@ pub struct Record {
     /// HTTP status of the answer.
     pub status: u16,
     /// `success`, `refused` (401/403/429) or `failed`.
-    pub outcome: String,
+    pub outcome: &'static str,
     /// The request's correlation id.
     pub request_id: String,
 }
@@ -71,23 +73,21 @@ impl Record {
         let _ = write!(out, "{{\"v\":{FORMAT},\"seq\":{seq},\"ts\":\"");
         write_rfc3339_ms(out, self.at_ms);
         out.push(b'"');
-        let fields: [(&str, &str); 7] = [
-            ("service", &self.service),
-            ("key_id", &self.key_id),
-            ("role", &self.role),
-            ("client", &self.client),
-            ("method", &self.method),
-            ("route", &self.route),
-            ("resource", &self.resource),
-        ];
-        for (name, value) in fields {
+        let text = |out: &mut Vec<u8>, name: &str, value: &str| {
             let _ = write!(out, ",\"{name}\":");
             let _ = serde_json::to_writer(&mut *out, value);
-        }
-        let _ = write!(out, ",\"status\":{},\"outcome\":", self.status);
-        let _ = serde_json::to_writer(&mut *out, &self.outcome);
-        out.extend_from_slice(b",\"request_id\":");
-        let _ = serde_json::to_writer(&mut *out, &self.request_id);
+        };
+        text(out, "service", &self.service);
+        text(out, "key_id", &self.key_id);
+        text(out, "role", self.role);
+        // An address needs no JSON escaping.
+        let _ = write!(out, ",\"client\":\"{}\"", self.client);
+        text(out, "method", &self.method);
+        text(out, "route", &self.route);
+        text(out, "resource", &self.resource);
+        let _ = write!(out, ",\"status\":{}", self.status);
+        text(out, "outcome", self.outcome);
+        text(out, "request_id", &self.request_id);
         let _ = write!(out, ",\"prev\":\"{prev}\"");
         let hash = hash_hex(&out[start..]);
         out.extend_from_slice(HASH_FIELD.as_bytes());
@@ -146,13 +146,13 @@ mod tests {
             at_ms: 1_796_644_800_123,
             service: "app_cp".into(),
             key_id: "writer".into(),
-            role: "write".into(),
-            client: "127.0.0.1".into(),
+            role: "write",
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
             method: "PUT".into(),
             route: "/v1/kv/{key}".into(),
             resource: "key=\"quoted\"".into(),
             status: 200 + n,
-            outcome: "success".into(),
+            outcome: "success",
             request_id: "r1".into(),
         }
     }

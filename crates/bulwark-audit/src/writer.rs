@@ -122,6 +122,16 @@ struct Writer {
     unsynced: bool,
     /// The batch's lines, kept between batches so their memory is reused.
     buf: Vec<u8>,
+    /// Where our last batch left the chain, while the file is still ours and still that
+    /// long (no other process appended since): the next batch need not read its tail.
+    known: Option<KnownTail>,
+}
+
+/// The chain's end as of our last write to the current file.
+struct KnownTail {
+    len: u64,
+    seq: u64,
+    prev: String,
 }
 
 impl Writer {
@@ -143,6 +153,7 @@ impl Writer {
             last_fsync: Instant::now(),
             unsynced: false,
             buf: Vec::new(),
+            known: None,
         })
     }
 
@@ -250,7 +261,10 @@ impl Writer {
             self.rotate()?;
             len = 0;
         }
-        let (mut seq, mut prev) = self.chain_tail(len)?;
+        let (mut seq, mut prev) = match self.known.take() {
+            Some(k) if k.len == len => (k.seq, k.prev),
+            _ => self.chain_tail(len)?,
+        };
         let mut out = std::mem::take(&mut self.buf);
         out.clear();
         for r in records {
@@ -269,6 +283,11 @@ impl Writer {
         }
         self.file.write_all(&out).map_err(io_err(path))?;
         self.unsynced = true;
+        self.known = Some(KnownTail {
+            len: len + out.len() as u64,
+            seq,
+            prev,
+        });
         self.buf = out;
         Ok(())
     }
@@ -287,6 +306,7 @@ impl Writer {
                 self.sync();
             }
             self.file = open_append(&path)?;
+            self.known = None;
         }
         Ok(())
     }
@@ -306,6 +326,7 @@ impl Writer {
         let target = self.files.rotated(next);
         std::fs::rename(&path, &target).map_err(io_err(&target))?;
         self.file = open_append(&path)?;
+        self.known = None;
         Ok(())
     }
 

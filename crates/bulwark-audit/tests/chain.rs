@@ -13,13 +13,13 @@ fn record(i: u64, service: &str) -> Record {
         at_ms: Record::now_ms(),
         service: service.into(),
         key_id: "writer".into(),
-        role: "write".into(),
-        client: "127.0.0.1".into(),
+        role: "write",
+        client: std::net::Ipv4Addr::LOCALHOST.into(),
         method: "PUT".into(),
         route: "/v1/kv/{key}".into(),
         resource: format!("key=k{i}"),
         status: 200,
-        outcome: "success".into(),
+        outcome: "success",
         request_id: format!("r{i}"),
     }
 }

@@ -79,7 +79,7 @@ pub struct Security {
 
 #[derive(Debug)]
 struct Inner {
-    service: String,
+    service: Arc<str>,
     classify: Classify,
     auth: Authenticator,
     limits: Option<Limiters>,
@@ -98,7 +98,7 @@ impl Security {
         auth.spawn_watcher();
         Security {
             inner: Arc::new(Inner {
-                service: service.to_owned(),
+                service: Arc::from(service),
                 classify,
                 auth,
                 limits,
@@ -145,9 +145,9 @@ pub async fn layer(State(sec): State<Security>, mut req: Request, next: Next) ->
         let record = Record {
             at_ms: Record::now_ms(),
             service: s.service.clone(),
-            key_id: principal.map_or_else(|| "-".to_owned(), |p| p.id.to_string()),
-            role: principal.map_or("-", |p| p.role.as_str()).to_owned(),
-            client: client.to_string(),
+            key_id: principal.map_or_else(|| Arc::from("-"), |p| p.id.clone()),
+            role: principal.map_or("-", |p| p.role.as_str()),
+            client,
             method: method.to_string(),
             route: template
                 .as_ref()
@@ -155,7 +155,7 @@ pub async fn layer(State(sec): State<Security>, mut req: Request, next: Next) ->
                 .to_owned(),
             resource: resource.clone(),
             status,
-            outcome: Record::outcome_of(status).to_owned(),
+            outcome: Record::outcome_of(status),
             request_id: rid.clone(),
         };
         async move {
