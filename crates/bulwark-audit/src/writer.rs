@@ -24,7 +24,7 @@ const BATCH: usize = 1024;
 /// the lock and writes: under load one wake-up, lock and write per few milliseconds
 /// instead of per request (the lines are not on any request's path; a crash loses at most
 /// what the fsync interval already allows).
-const COALESCE: Duration = Duration::from_millis(2);
+const COALESCE: Duration = Duration::from_millis(10);
 
 /// Where and how the log is written.
 #[derive(Debug, Clone)]
