@@ -25,6 +25,7 @@ use futures::future::join_all;
 use serde::Serialize;
 
 use crate::replicas::ReplicaSet;
+use crate::routing::Routing;
 
 /// Buckets listed per call (a call's reply then holds about 1/16 of the key space at
 /// most, when every bucket differs).
@@ -241,12 +242,13 @@ impl AntiEntropy {
     }
 
     /// Runs one round over the replicas of `set` whose breakers are not OPEN, logs
-    /// `ANTI_ENTROPY_ROUND` and returns its summary.
-    pub async fn round(&self, set: &ReplicaSet, service: &str) -> RoundSummary {
+    /// `ANTI_ENTROPY_ROUND` and returns its summary. Each key is compared and repaired
+    /// only among the replicas that hold it (`routing`).
+    pub async fn round(&self, set: &ReplicaSet, routing: &Routing, service: &str) -> RoundSummary {
         let _one_at_a_time = self.round.lock().await;
         let started = tokio::time::Instant::now();
         let mut summary = RoundSummary::default();
-        self.run(set, &mut summary).await;
+        self.run(set, routing, &mut summary).await;
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         summary.result = if summary.compared.len() < 2 {
             "skipped"
@@ -278,7 +280,7 @@ impl AntiEntropy {
         summary
     }
 
-    async fn run(&self, set: &ReplicaSet, summary: &mut RoundSummary) {
+    async fn run(&self, set: &ReplicaSet, routing: &Routing, summary: &mut RoundSummary) {
         let mut candidates = Vec::new();
         for r in &set.replicas {
             if r.breaker.is_rejecting() {
@@ -319,7 +321,7 @@ impl AntiEntropy {
         for chunk in examined.chunks(BUCKETS_PER_CALL) {
             summary.buckets_examined += chunk.len();
             keys_left = self
-                .repair_buckets(&replicas, chunk, keys_left, summary)
+                .repair_buckets(&replicas, routing, chunk, keys_left, summary)
                 .await;
         }
     }
@@ -329,6 +331,7 @@ impl AntiEntropy {
     async fn repair_buckets(
         &self,
         replicas: &[usize],
+        routing: &Routing,
         buckets: &[u16],
         mut keys_left: usize,
         summary: &mut RoundSummary,
@@ -361,9 +364,20 @@ impl AntiEntropy {
         if responders.len() < 2 {
             return keys_left;
         }
-        for (key, present) in by_key {
+        for (key, mut present) in by_key {
+            // A sharded key is compared among its own replicas only: a replica that does
+            // not hold it is neither a source nor a target.
+            let holders: Vec<usize> = responders
+                .iter()
+                .copied()
+                .filter(|i| routing.holds(*i, &key))
+                .collect();
+            if holders.len() < 2 {
+                continue;
+            }
+            present.retain(|p| holders.contains(&p.0));
             summary.keys_compared += 1;
-            match plan(&responders, &present) {
+            match plan(&holders, &present) {
                 Plan::InSync => {}
                 Plan::Conflict { version, holders } => {
                     summary.conflicts += 1;

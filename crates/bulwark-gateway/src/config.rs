@@ -6,6 +6,7 @@ use bulwark_config::{ConfigError, Environment, Settings};
 use bulwark_core::Limits;
 use bulwark_core::ae::AE_BUCKETS;
 use bulwark_http::{HttpConfig, Listen};
+use bulwark_placement::{DEFAULT_REPLICATION, DEFAULT_VNODES, MAX_VNODES, NodeSpec, Placement};
 use bulwark_replica::{Dialect, ReplicaSpec, ReplicaTls};
 use bulwark_resilience::breaker::BreakerConfig;
 
@@ -33,6 +34,11 @@ pub struct GatewayConfig {
     pub http: HttpConfig,
     /// The replicas, in preference order (the first is the primary). `REPLICAS`.
     pub replicas: Vec<ReplicaSpec>,
+    /// Where keys live: `REPLICAS` as a consistent-hash ring of `VNODES` virtual nodes
+    /// each (default 150) with `REPLICATION_FACTOR` replicas per key (default 3, or every
+    /// replica when there are fewer: then every replica holds every key, as before
+    /// sharding). docs/design/sharding.md.
+    pub placement: Placement,
     /// What the replicas are: `bulwark` nodes or real `redis` servers. `BACKEND`.
     pub backend: Dialect,
     /// TLS to the replicas: `REPLICA_TLS_CA_FILE` (the CA their certificates chain to)
@@ -79,6 +85,44 @@ pub struct GatewayConfig {
     pub ap_ack_wait: Duration,
     /// Anti-entropy settings (`ANTI_ENTROPY_*`).
     pub anti_entropy: AntiEntropyConfig,
+}
+
+/// `REPLICATION_FACTOR` and `VNODES` over `REPLICAS`, validated as a ring.
+fn placement(
+    s: &Settings,
+    replicas: &[ReplicaSpec],
+    mode: Mode,
+    raw_replicas: &str,
+) -> Result<Placement, ConfigError> {
+    let n = s.int_in(
+        "REPLICATION_FACTOR",
+        DEFAULT_REPLICATION.min(replicas.len()),
+        1..=replicas.len(),
+    )?;
+    if mode == Mode::Quorum && n < 3 {
+        return Err(ConfigError::invalid(
+            "REPLICATION_FACTOR",
+            &n.to_string(),
+            "quorum mode needs at least 3 replicas per key",
+        ));
+    }
+    let placement = Placement {
+        replication_factor: n,
+        vnodes: s.int_in("VNODES", DEFAULT_VNODES, 1..=MAX_VNODES)?,
+        nodes: replicas
+            .iter()
+            .map(|r| NodeSpec {
+                name: r.name.clone(),
+                addr: r.addr.clone(),
+                weight: 1.0,
+                zone: None,
+            })
+            .collect(),
+    };
+    placement
+        .validate()
+        .map_err(|e| ConfigError::invalid("REPLICAS", raw_replicas, e.to_string()))?;
+    Ok(placement)
 }
 
 /// `REPLICA_TLS_*`, checked by loading the files (an error names the setting or file).
@@ -155,6 +199,7 @@ impl GatewayConfig {
                 ),
             ));
         }
+        let placement = placement(s, &replicas, mode, raw_replicas)?;
         let network_timeout = s.seconds_or(
             "NETWORK_TIMEOUT_SEC",
             Duration::from_millis(200),
@@ -218,6 +263,7 @@ impl GatewayConfig {
                 },
             )?,
             replicas,
+            placement,
             backend: s.parse_or("BACKEND", Dialect::Bulwark)?,
             replica_tls: replica_tls(s)?,
             network_timeout,

@@ -24,6 +24,7 @@ use crate::config::GatewayConfig;
 use crate::hints::Hints;
 use crate::mode::Mode;
 use crate::replicas::{CallError, Replica, ReplicaSet};
+use crate::routing::Routing;
 use crate::staleness::{self, Observation};
 
 /// Background repairs (read repair, resolution of undecided writes) running at once.
@@ -126,6 +127,8 @@ pub enum WriteOutcome {
 /// One replica's part in a read.
 #[derive(Debug, Clone)]
 pub struct ReplicaView {
+    /// Its position in `REPLICAS` (the seed's `G1`, `G2`, … count from 1).
+    pub index: usize,
     /// Replica name.
     pub name: String,
     /// Whether it answered.
@@ -145,7 +148,7 @@ pub struct ReadResult {
     pub record: Option<Record>,
     /// The replica the value came from.
     pub source: Option<String>,
-    /// Every replica's view, in configured order.
+    /// The view of each replica holding the key, preferred first.
     pub replicas: Vec<ReplicaView>,
     /// `Consistency_Status`.
     pub status: &'static str,
@@ -168,6 +171,8 @@ pub struct Engine {
     pub config: GatewayConfig,
     /// The replicas with their breakers.
     pub set: Arc<ReplicaSet>,
+    /// Which replicas hold which key.
+    pub routing: Arc<Routing>,
     /// This gateway's clock; versions every write.
     pub hlc: Hlc,
     /// Writes replicas missed.
@@ -186,8 +191,12 @@ pub struct Engine {
 type Answers = Vec<(usize, ReplicaState)>;
 
 impl Engine {
-    /// Builds the engine: clients for every replica, breakers, clock, hint queues.
-    pub fn new(config: GatewayConfig) -> Self {
+    /// Builds the engine: clients for every replica, breakers, the ring, clock, hint
+    /// queues.
+    pub fn new(config: GatewayConfig) -> Result<Self, bulwark_config::ConfigError> {
+        let routing = Routing::new(&config.placement).map_err(|e| {
+            bulwark_config::ConfigError::invalid("REPLICAS", "<the replica list>", e.to_string())
+        })?;
         let clients = config
             .replicas
             .iter()
@@ -209,7 +218,8 @@ impl Engine {
             config.replica_tls.as_ref(),
             config.anti_entropy.clone(),
         );
-        Engine {
+        Ok(Engine {
+            routing: Arc::new(routing),
             anti_entropy,
             stragglers: Arc::new(Semaphore::new(MAX_STRAGGLING_WRITES)),
             hlc: Hlc::new(config.writer_id, Default::default()),
@@ -224,7 +234,7 @@ impl Engine {
                 };
                 n
             ]),
-        }
+        })
     }
 
     fn names(&self, idx: impl IntoIterator<Item = usize>) -> Vec<String> {
@@ -297,9 +307,10 @@ impl Engine {
         outcome
     }
 
-    /// Starts `call(client)` on every replica through its breaker, as owned futures.
-    fn call_all<T, Fut>(
+    /// Starts `call(client)` on each of `replicas` through its breaker, as owned futures.
+    fn call_on<T, Fut>(
         &self,
+        replicas: &[usize],
         op: &'static str,
         call: impl Fn(ReplicaClient) -> Fut,
     ) -> FuturesUnordered<ReplicaCall<T>>
@@ -307,11 +318,11 @@ impl Engine {
         T: Send + 'static,
         Fut: Future<Output = Result<T, ReplicaError>> + Send + 'static,
     {
-        self.set
-            .replicas
+        replicas
             .iter()
-            .map(|r| {
-                let (set, i, fut) = (self.set.clone(), r.index, call(r.client.clone()));
+            .map(|&i| {
+                let r = &self.set.replicas[i];
+                let (set, fut) = (self.set.clone(), call(r.client.clone()));
                 Box::pin(async move { (i, set.call(&set.replicas[i], op, fut).await) })
                     as ReplicaCall<T>
             })
@@ -325,8 +336,9 @@ impl Engine {
     /// `pending` and finished in the background.
     async fn write_ap(&self, key: &[u8], value: Option<Bytes>, request_id: &str) -> WriteOutcome {
         let version = self.hlc.now();
+        let owners = self.routing.replicas(key);
         let key = Bytes::copy_from_slice(key);
-        let mut calls = self.call_all("put", |c| {
+        let mut calls = self.call_on(&owners, "put", |c| {
             let (key, value) = (key.clone(), value.clone());
             async move { c.put(&key, version, value.as_deref()).await }
         });
@@ -352,8 +364,8 @@ impl Engine {
         let mut pending = Vec::new();
         let mut maybe_applied = false;
         let mut errors = Vec::new();
-        for (i, res) in results.into_iter().enumerate() {
-            match res {
+        for &i in &owners {
+            match results[i].take() {
                 Some(Ok(reply)) => {
                     self.hlc.observe(reply.committed);
                     acked.push(i);
@@ -424,13 +436,17 @@ impl Engine {
 
     /// CP and quorum: two-phase commit decided at the coordinator replica.
     async fn write_2pc(&self, key: &[u8], value: Option<Bytes>, mode: Mode) -> WriteOutcome {
-        let required = mode.write_quorum(self.set.len());
+        let owners = self.routing.replicas(key);
+        let required = mode.write_quorum(owners.len());
         let mut attempt = 1;
         loop {
             // Fail fast, without touching the network, when the breakers already say the
             // quorum cannot be reached (SPEC CAP-5).
-            let callable = self.set.callable();
-            let Some(coordinator) = self.set.replicas.iter().find(|r| !r.breaker.is_rejecting())
+            let callable = self.set.callable_among(&owners);
+            let Some(coordinator) = owners
+                .iter()
+                .map(|&i| &self.set.replicas[i])
+                .find(|r| !r.breaker.is_rejecting())
             else {
                 return WriteOutcome::Aborted {
                     version: self.hlc.now(),
@@ -440,10 +456,9 @@ impl Engine {
                 };
             };
             if callable < required {
-                let open: Vec<_> = self
-                    .set
-                    .replicas
+                let open: Vec<_> = owners
                     .iter()
+                    .map(|&i| &self.set.replicas[i])
                     .filter(|r| r.breaker.is_rejecting())
                     .map(|r| r.name())
                     .collect();
@@ -458,7 +473,7 @@ impl Engine {
             let started = tokio::time::Instant::now();
             let coord_name = coordinator.name();
             let key_owned = Bytes::copy_from_slice(key);
-            let mut calls = self.call_all("prepare", |c| {
+            let mut calls = self.call_on(&owners, "prepare", |c| {
                 let (key, value) = (key_owned.clone(), value.clone());
                 let coordinator = coord_name.to_owned();
                 async move {
@@ -487,9 +502,9 @@ impl Engine {
             let mut retryable = false;
             let mut call_errors = 0;
             let mut hard_failures = Vec::new();
-            for (i, res) in results.into_iter().enumerate() {
+            for &i in &owners {
                 let name = self.set.replicas[i].name();
-                let Some(res) = res else {
+                let Some(res) = results[i].take() else {
                     pending.push(i);
                     continue;
                 };
@@ -522,8 +537,11 @@ impl Engine {
                         value.clone(),
                         version,
                         coordinator,
-                        acked,
-                        pending,
+                        Participants {
+                            owners: &owners,
+                            acked,
+                            pending,
+                        },
                         required,
                     )
                     .await;
@@ -577,18 +595,20 @@ impl Engine {
     }
 
     /// Commits at the coordinator (the linearization point), then at the others.
-    /// `pending` are the replicas whose prepares were still in flight.
-    #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
         key: &[u8],
         value: Option<Bytes>,
         version: Version,
         coordinator: &Replica,
-        acked: Vec<usize>,
-        pending: Vec<usize>,
+        participants: Participants<'_>,
         required: usize,
     ) -> WriteOutcome {
+        let Participants {
+            owners,
+            acked,
+            pending,
+        } = participants;
         match self
             .set
             .call(
@@ -644,7 +664,9 @@ impl Engine {
             .copied()
             .filter(|i| *i != coordinator.index)
             .collect();
-        let behind: Vec<usize> = (0..self.set.len())
+        let behind: Vec<usize> = owners
+            .iter()
+            .copied()
             .filter(|i| !acked.contains(i) && !pending.contains(i))
             .collect();
         for i in &behind {
@@ -741,22 +763,25 @@ impl Engine {
         join_all(calls).await;
     }
 
-    /// Every replica's answer for `key`; errors for the ones that did not answer.
-    async fn read_all(&self, key: &[u8]) -> Vec<Result<ReplicaState, CallError>> {
-        let calls = self
-            .set
-            .replicas
-            .iter()
-            .map(|r| self.set.call(r, "get", r.client.get(key)));
+    /// The answer for `key` of each of `owners`, in their order; errors for the ones that
+    /// did not answer.
+    async fn read_all(
+        &self,
+        key: &[u8],
+        owners: &[usize],
+    ) -> Vec<(usize, Result<ReplicaState, CallError>)> {
+        let calls = owners.iter().map(|&i| {
+            let r = &self.set.replicas[i];
+            async move { (i, self.set.call(r, "get", r.client.get(key)).await) }
+        });
         join_all(calls).await
     }
 
     async fn read_answers(&self, key: &[u8]) -> Option<Answers> {
         let answers: Answers = self
-            .read_all(key)
+            .read_all(key, &self.routing.replicas(key))
             .await
             .into_iter()
-            .enumerate()
             .filter_map(|(i, r)| r.ok().map(|s| (i, s)))
             .collect();
         (!answers.is_empty()).then_some(answers)
@@ -771,11 +796,12 @@ impl Engine {
         required: Option<Version>,
         request_id: &str,
     ) -> Result<ReadResult, ReadError> {
-        let results = self.read_all(key).await;
+        let owners = self.routing.replicas(key);
+        let results = self.read_all(key, &owners).await;
         let now_ms = self.hlc.now_ms();
         let mut answers: Answers = Vec::new();
         let mut errors: Vec<Option<String>> = Vec::new();
-        for (i, r) in results.into_iter().enumerate() {
+        for (i, r) in results {
             match r {
                 Ok(state) => {
                     if let Some(c) = &state.committed {
@@ -787,19 +813,20 @@ impl Engine {
                 Err(e) => errors.push(Some(e.to_string())),
             }
         }
-        let needed = mode.read_quorum(self.set.len());
+        let needed = mode.read_quorum(owners.len());
         if answers.len() < needed {
-            let failed: Vec<String> = self
-                .set
-                .replicas
+            let failed: Vec<String> = owners
                 .iter()
                 .zip(&errors)
-                .filter_map(|(r, e)| e.as_ref().map(|e| format!("{}: {e}", r.name())))
+                .filter_map(|(&i, e)| {
+                    e.as_ref()
+                        .map(|e| format!("{}: {e}", self.set.replicas[i].name()))
+                })
                 .collect();
             return Err(ReadError::Unavailable(format!(
                 "{} of {} replicas answered; {mode} reads need {needed} ({})",
                 answers.len(),
-                self.set.len(),
+                owners.len(),
                 failed.join("; ")
             )));
         }
@@ -832,8 +859,9 @@ impl Engine {
         };
 
         // Staleness of every replica.
-        let observations: Vec<Observation> = (0..self.set.len())
-            .map(|i| Observation {
+        let observations: Vec<Observation> = owners
+            .iter()
+            .map(|&i| Observation {
                 held: answers
                     .iter()
                     .find(|(j, _)| *j == i)
@@ -848,22 +876,23 @@ impl Engine {
         let stale = staleness::compute(&observations, now_ms);
         let status = staleness::status(&stale, self.config.max_staleness_ms);
         let m = metrics();
-        let replicas = self
-            .set
-            .replicas
+        let replicas = owners
             .iter()
+            .map(|&i| &self.set.replicas[i])
             .zip(&stale)
+            .zip(observations.iter().map(|o| o.held))
             .zip(errors)
-            .map(|((r, s), error)| {
+            .map(|(((r, s), held), error)| {
                 if let Some(ms) = s.ms {
                     m.data_staleness_ms
                         .with_label_values(&[r.name()])
                         .set(ms as i64);
                 }
                 ReplicaView {
+                    index: r.index,
                     name: r.name().to_string(),
                     reachable: s.reachable,
-                    version: observations[r.index].held.filter(|v| *v != Version::ZERO),
+                    version: held.filter(|v| *v != Version::ZERO),
                     staleness_ms: s.ms,
                     error,
                 }
@@ -1030,21 +1059,30 @@ impl Engine {
         join_all(calls).await;
     }
 
-    /// Whether the gateway can serve writes in its default mode (readiness).
+    /// Whether the gateway can serve writes in its default mode (readiness): every
+    /// replica set of the ring has enough reachable replicas for a write.
     pub fn ready(&self) -> bool {
-        let reachable = self
+        let up: Vec<bool> = self
             .set
             .replicas
             .iter()
-            .filter(|r| r.reachable() && !r.breaker.is_rejecting())
-            .count();
-        reachable >= self.config.mode.write_quorum(self.set.len())
+            .map(|r| r.reachable() && !r.breaker.is_rejecting())
+            .collect();
+        let needed = self
+            .config
+            .mode
+            .write_quorum(self.routing.replication_factor());
+        self.routing
+            .sets()
+            .all(|set| set.iter().filter(|id| up[usize::from(**id)]).count() >= needed)
     }
 
     /// Runs one anti-entropy round now (after any round in progress) and returns what
     /// it did.
     pub async fn anti_entropy_round(&self) -> RoundSummary {
-        self.anti_entropy.round(&self.set, &self.config.name).await
+        self.anti_entropy
+            .round(&self.set, &self.routing, &self.config.name)
+            .await
     }
 
     /// Delivers hints until none are left or `deadline` passes (graceful shutdown).
@@ -1057,6 +1095,16 @@ impl Engine {
         }
         self.hints.total()
     }
+}
+
+/// The replicas of a two-phase write, as its commit needs them.
+struct Participants<'a> {
+    /// The key's replica set.
+    owners: &'a [usize],
+    /// Those whose prepare succeeded.
+    acked: Vec<usize>,
+    /// Those whose prepare was still in flight.
+    pending: Vec<usize>,
 }
 
 /// Background repair of one key after a read.

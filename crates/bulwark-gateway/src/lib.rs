@@ -20,6 +20,7 @@ pub mod hints;
 pub mod http;
 pub mod mode;
 pub mod replicas;
+pub mod routing;
 pub mod session;
 pub mod staleness;
 
@@ -118,7 +119,7 @@ pub fn app(
     let state = Arc::new(AppState {
         sessions: SessionCodec::new(&config.secret_key),
         admission: bulwark_http::admission::Admission::new(config.max_in_flight),
-        engine: Engine::new(config),
+        engine: Engine::new(config)?,
     });
     let config = &state.engine.config;
     let (app, security) = config.http.stack(

@@ -93,11 +93,11 @@ impl ReplicaSet {
         self.replicas.is_empty()
     }
 
-    /// Replicas whose breaker would let a call through now.
-    pub fn callable(&self) -> usize {
-        self.replicas
+    /// Replicas among `indices` whose breaker would let a call through now.
+    pub fn callable_among(&self, indices: &[usize]) -> usize {
+        indices
             .iter()
-            .filter(|r| !r.breaker.is_rejecting())
+            .filter(|i| !self.replicas[**i].breaker.is_rejecting())
             .count()
     }
 

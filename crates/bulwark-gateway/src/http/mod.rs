@@ -166,7 +166,8 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         "status": if ready { "ready" } else { "not_ready" },
         "shedding": shedding,
         "mode": e.config.mode.as_str(),
-        "write_quorum": e.config.mode.write_quorum(e.set.len()),
+        "write_quorum": e.config.mode.write_quorum(e.routing.replication_factor()),
+        "replication_factor": e.routing.replication_factor(),
         "replicas": replicas,
     });
     let status = if ready {
@@ -338,9 +339,9 @@ fn write_response(
 
 /// Per-replica details and seed-style staleness fields of a read.
 fn read_fields(result: &ReadResult, body: &mut Map<String, Value>) {
-    for (i, r) in result.replicas.iter().enumerate() {
+    for r in &result.replicas {
         body.insert(
-            format!("G{}_Staleness_ms", i + 1),
+            format!("G{}_Staleness_ms", r.index + 1),
             r.staleness_ms.map_or(Value::Null, Value::from),
         );
     }
