@@ -1,5 +1,6 @@
-"""Shared by scripts/bench-security.sh and scripts/bench-tls.sh: the median table of two
-gateways measured in alternating rounds, with the candidate/anchor throughput ratio.
+"""Shared by scripts/bench-security.sh, bench-tls.sh and bench-sharding.sh: the median
+table of two gateways measured in alternating rounds, with the candidate/anchor throughput
+ratio, for each operation both measured.
 
   python3 scripts/lib/bench-ratio.py NAME ANCHOR CANDIDATE TMP ROUNDS DURATION CONCURRENCY COMMIT
 
@@ -27,6 +28,8 @@ a, c = anchor, cand
 print(f"{'op':6} {a + ' rps':>12} {c + ' rps':>12} {'ratio':>6} {a + ' p50':>12} {c + ' p50':>12} "
       f"{'Δp50 µs':>8} {a + ' p99':>12} {c + ' p99':>12}")
 for op in ("write", "read"):
+    if (anchor, op) not in runs or (cand, op) not in runs:
+        continue
     o, s = runs[(anchor, op)], runs[(cand, op)]
     orps, srps = med([x["throughput_rps"] for x in o]), med([x["throughput_rps"] for x in s])
     o50, s50 = med([x["latency_us"]["p50"] for x in o]), med([x["latency_us"]["p50"] for x in s])

@@ -16,6 +16,12 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=MAX_REPLICAS as i64))]
     pub replicas: u8,
 
+    /// Replicas per key (N): each key lives on N of the replicas, placed by a
+    /// consistent-hash ring. Default 3, or every replica when there are fewer. The quorum
+    /// gateway needs N ≥ 3.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=MAX_REPLICAS as i64))]
+    pub replication_factor: Option<u8>,
+
     /// What the replicas are: Bulwark storage nodes, or real `redis-server` (≥ 7) processes.
     #[arg(long, value_enum, default_value_t = Backend::Bulwark)]
     pub backend: Backend,
@@ -138,6 +144,14 @@ impl UpArgs {
     }
 }
 
+/// One `bulwark ctl shard` subcommand.
+#[derive(clap::Subcommand, Debug, Clone, Copy)]
+pub enum ShardCommand {
+    /// The layout (version, N, virtual nodes) and every node with its tokens and its
+    /// share of the key replicas.
+    Status,
+}
+
 /// `bulwark ctl`: talk to a running `bulwark up` (the stand-in for `docker-compose ps`,
 /// `docker stop/start/kill/logs`).
 #[derive(clap::Args, Debug, Clone)]
@@ -166,6 +180,12 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Show every service: state, pid, health, restarts (like `docker-compose ps`).
     Status,
+    /// The cluster's sharding: layout, nodes and each node's share of the keys.
+    Shard {
+        /// What to do.
+        #[command(subcommand)]
+        command: ShardCommand,
+    },
     /// Stop a service gracefully (SIGTERM, then SIGKILL after 10 s); it stays stopped until
     /// `ctl start`.
     Stop {

@@ -93,6 +93,12 @@ impl ControlClient {
         .await
     }
 
+    /// `GET /api/v1/sharding/layout`.
+    pub async fn layout(&self) -> Result<bulwark_placement::Layout, ClientError> {
+        self.call(Method::GET, "/api/v1/sharding/layout", QUERY_TIMEOUT)
+            .await
+    }
+
     /// `POST /api/v1/services/{name}/{action}` (`start`, `stop`, `restart`, `kill`), with
     /// `?signal=` for `kill`.
     pub async fn act(

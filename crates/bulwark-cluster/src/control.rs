@@ -58,6 +58,7 @@ pub fn classify(_method: &Method, route: Option<&str>) -> Route {
         Some("/api/v1/health") => Route::open("health"),
         Some(r) if r.starts_with("/api/v1/chaos/") => Route::needs("chaos", Role::Admin),
         Some(r) if r.starts_with("/api/v1/services") => Route::needs("services", Role::Admin),
+        Some(r) if r.starts_with("/api/v1/sharding/") => Route::needs("sharding", Role::Admin),
         _ => Route::needs("other", Role::Admin),
     }
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use bulwark_http::client::ClientIdentity;
 
-use crate::args::{CtlArgs, CtlCommand};
+use crate::args::{CtlArgs, CtlCommand, ShardCommand};
 use crate::client::{ClientError, ControlClient};
 use crate::logs;
 use crate::supervisor::{ServiceStatus, State};
@@ -44,6 +44,25 @@ async fn execute(client: &ControlClient, args: &CtlArgs) -> Result<ExitCode, Cli
                 print_json(&services);
             } else {
                 print!("{}", status_table(&services));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        CtlCommand::Shard {
+            command: ShardCommand::Status,
+        } => {
+            let layout = client.layout().await?;
+            let ring = bulwark_placement::Ring::new(layout.target())
+                .map_err(|e| ClientError::BadResponse(format!("the layout served: {e}")))?;
+            if args.json {
+                let shares: serde_json::Map<String, serde_json::Value> = (0..ring.node_count())
+                    .map(|i| {
+                        let id = i as bulwark_placement::NodeId;
+                        (ring.name(id).to_owned(), ring.shares()[i].into())
+                    })
+                    .collect();
+                print_json(&serde_json::json!({"layout": layout, "shares": shares}));
+            } else {
+                print!("{}", shard_table(&layout, &ring));
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -152,13 +171,10 @@ fn human_duration(secs: f64) -> String {
 
 /// The `docker-compose ps`-style table of `ctl status`.
 pub fn status_table(services: &[ServiceStatus]) -> String {
-    let header = [
-        "NAME", "KIND", "PORT", "PID", "STATE", "HEALTH", "RESTARTS", "UPTIME",
-    ];
-    let rows: Vec<[String; 8]> = services
+    let rows: Vec<Vec<String>> = services
         .iter()
         .map(|s| {
-            [
+            vec![
                 s.name.clone(),
                 s.kind.as_str().to_owned(),
                 s.port.to_string(),
@@ -174,8 +190,55 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    table(
+        &[
+            "NAME", "KIND", "PORT", "PID", "STATE", "HEALTH", "RESTARTS", "UPTIME",
+        ],
+        &rows,
+    )
+}
+
+/// `bulwark ctl shard status`: a line on the layout, then a row per node.
+pub fn shard_table(layout: &bulwark_placement::Layout, ring: &bulwark_placement::Ring) -> String {
+    let p = layout.target();
+    let state = if layout.in_transition() {
+        "transition"
+    } else {
+        "stable"
+    };
+    let shares = ring.shares();
+    let rows: Vec<Vec<String>> = p
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            vec![
+                n.name.clone(),
+                n.addr.clone(),
+                format!("{}", n.weight),
+                n.zone.clone().unwrap_or_else(|| "-".to_owned()),
+                p.tokens_of(n).to_string(),
+                format!("{:.1} %", shares[i] * 100.0),
+            ]
+        })
+        .collect();
+    format!(
+        "layout version {} ({state}): {} nodes, N = {}, {} virtual nodes per unit of weight\n{}",
+        layout.version,
+        p.nodes.len(),
+        p.replication_factor,
+        p.vnodes,
+        table(
+            &["NODE", "ADDRESS", "WEIGHT", "ZONE", "TOKENS", "SHARE"],
+            &rows
+        )
+    )
+}
+
+/// Left-aligned columns two spaces apart, a header line first.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -184,14 +247,14 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
     let mut line = |cells: &[String]| {
         let text: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         out.push_str(text.join("  ").trim_end());
         out.push('\n');
     };
-    line(&header.map(str::to_owned));
-    for row in &rows {
+    line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
+    for row in rows {
         line(row);
     }
     out

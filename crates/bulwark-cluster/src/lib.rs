@@ -23,6 +23,7 @@ pub mod ctl;
 pub mod health;
 pub mod logs;
 pub mod secure;
+pub mod sharding;
 pub mod supervisor;
 pub mod topology;
 pub mod up;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use bulwark_chaos::Link;
+use bulwark_placement::{Layout, LayoutState, NodeSpec, Placement};
 
 use crate::args::{Backend, UpArgs};
 
@@ -232,6 +233,10 @@ pub struct Topology {
     pub identity: bulwark_http::client::ClientIdentity,
     /// The CA and certificates, under `--tls`.
     pub tls: Option<TlsLayout>,
+    /// Where keys live: the replicas and N (`--replication-factor`), as version 1 until
+    /// `up` settles it with the data directory's `sharding/layout.json`, which every
+    /// gateway routes by (`LAYOUT_FILE`).
+    pub layout: Layout,
 }
 
 impl Topology {
@@ -332,7 +337,12 @@ impl Topology {
             ("app_ap", "ap", off + AP_PORT, "AP gateway"),
             ("app_cp", "cp", off + CP_PORT, "CP gateway"),
         ];
-        if args.replicas >= 3 && !args.no_quorum {
+        // N per key: the flag, or 3 (every replica when there are fewer). Quorum needs 3.
+        let n = args
+            .replication_factor
+            .unwrap_or(args.replicas.min(3))
+            .min(args.replicas);
+        if n >= 3 && !args.no_quorum {
             gateways.push(("app_quorum", "quorum", off + QUORUM_PORT, "quorum gateway"));
         }
         // Every HTTP service appends to the cluster's one audit log (one chain).
@@ -430,6 +440,10 @@ impl Topology {
                     let mut env = vec![
                         ("CHAOS_TOKEN".into(), chaos_token.clone().into()),
                         audit.clone(),
+                        (
+                            "LAYOUT_FILE".into(),
+                            crate::sharding::layout_path(&args.data_dir).into_os_string(),
+                        ),
                     ];
                     if let Some(t) = &tls {
                         env.extend(t.replica_env(name));
@@ -480,7 +494,29 @@ impl Topology {
             keys_file,
             identity: bulwark_http::client::ClientIdentity::default(),
             tls,
+            layout: layout_of(&replicas, n.into()),
         }
+    }
+}
+
+/// Version 1 of the stable layout of `replicas` (name, port on 127.0.0.1) with N = `n`.
+pub fn layout_of(replicas: &[(String, u16)], n: usize) -> Layout {
+    Layout {
+        format: bulwark_placement::FORMAT,
+        version: 1,
+        state: LayoutState::Stable(Placement {
+            replication_factor: n,
+            vnodes: bulwark_placement::DEFAULT_VNODES,
+            nodes: replicas
+                .iter()
+                .map(|(name, port)| NodeSpec {
+                    name: name.clone(),
+                    addr: format!("127.0.0.1:{port}"),
+                    weight: 1.0,
+                    zone: None,
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -492,6 +528,7 @@ mod tests {
     fn args(replicas: u8, backend: Backend) -> UpArgs {
         UpArgs {
             replicas,
+            replication_factor: None,
             backend,
             data_dir: PathBuf::from("/d"),
             control_port: 7070,
@@ -662,6 +699,35 @@ mod tests {
                 .iter()
                 .all(|s| env(s, "TLS_CERT_FILE").is_none())
         );
+    }
+
+    #[test]
+    fn every_gateway_routes_by_the_layout_file_and_quorum_needs_three() {
+        let gateways = |t: &Topology| -> Vec<String> {
+            t.services
+                .iter()
+                .filter(|s| s.kind == ServiceKind::Gateway)
+                .map(|s| {
+                    let file = s.env.iter().find(|(k, _)| k == "LAYOUT_FILE").unwrap();
+                    assert_eq!(
+                        PathBuf::from(&file.1),
+                        PathBuf::from("/d/sharding/layout.json")
+                    );
+                    s.name.clone()
+                })
+                .collect()
+        };
+        let mut a = args(6, Backend::Bulwark);
+        let t = Topology::from_up_args(&a, Path::new("/bin/bulwark"));
+        assert_eq!(t.layout.target().replication_factor, 3);
+        assert_eq!(t.layout.target().nodes.len(), 6);
+        assert_eq!(gateways(&t), ["app_ap", "app_cp", "app_quorum"]);
+        a.replication_factor = Some(2);
+        let t = Topology::from_up_args(&a, Path::new("/bin/bulwark"));
+        assert_eq!(t.layout.target().replication_factor, 2);
+        assert_eq!(gateways(&t), ["app_ap", "app_cp"]);
+        let t = Topology::from_up_args(&args(2, Backend::Bulwark), Path::new("/bin/bulwark"));
+        assert_eq!(t.layout.target().replication_factor, 2);
     }
 
     #[test]

@@ -50,6 +50,17 @@ pub enum UpError {
     /// `--backend redis` without a usable `redis-server`.
     #[error("{0}")]
     Redis(String),
+    /// Flags that contradict each other.
+    #[error("{0}")]
+    Args(String),
+    /// The layout file cannot be read, parsed or kept.
+    #[error("{}: {what}", path.display())]
+    Layout {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// Some services did not become healthy in time (their logs were printed).
     #[error("not healthy within {timeout:?}: {}", services.join(", "))]
     Unhealthy {
@@ -90,11 +101,21 @@ pub async fn run_up(
     args: UpArgs,
     shutdown: impl Future<Output = String> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if let Some(n) = args.replication_factor
+        && n > args.replicas
+    {
+        return Err(UpError::Args(format!(
+            "--replication-factor {n} needs at least {n} replicas; --replicas is {}",
+            args.replicas
+        ))
+        .into());
+    }
     if args.backend == Backend::Redis {
         check_redis().await?;
     }
     let exe = std::env::current_exe().map_err(io_err("cannot locate the bulwark executable"))?;
     let mut topology = Topology::from_up_args(&args, &exe);
+    topology.layout = crate::sharding::settle(&args.data_dir, topology.layout.target().clone())?;
     if args.auth {
         std::fs::create_dir_all(&args.data_dir)
             .map_err(io_err(format!("cannot create {}", args.data_dir.display())))?;
@@ -248,7 +269,10 @@ impl Cluster {
         let admission = Arc::new(bulwark_http::admission::Admission::new(
             control::MAX_IN_FLIGHT,
         ));
+        let sharding = crate::sharding::Sharding::new(topology.layout.clone())
+            .map_err(|e| UpError::Config(e.to_string()))?;
         let routes = control::router(supervisor.clone())
+            .merge(crate::sharding::router(Arc::new(sharding)))
             .merge(bulwark_chaos::api::router(
                 chaos.clone(),
                 &control_url(control_addr, &http),

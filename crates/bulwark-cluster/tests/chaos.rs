@@ -76,6 +76,10 @@ fn topology(dir: &Path, chaos: bool) -> Topology {
         tls: None,
         identity: ClientIdentity::default(),
         chaos_token: None,
+        layout: bulwark_cluster::topology::layout_of(
+            &[("db_g1".to_owned(), 6401), ("db_g2".to_owned(), 6402)],
+            1,
+        ),
     }
 }
 

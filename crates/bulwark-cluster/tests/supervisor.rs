@@ -91,6 +91,7 @@ fn topology(dir: &Path, services: Vec<ServiceSpec>) -> Topology {
         tls: None,
         identity: ClientIdentity::default(),
         chaos_token: None,
+        layout: bulwark_cluster::topology::layout_of(&[("db_g1".to_owned(), 6401)], 1),
     }
 }
 

@@ -6,7 +6,9 @@ use bulwark_config::{ConfigError, Environment, Settings};
 use bulwark_core::Limits;
 use bulwark_core::ae::AE_BUCKETS;
 use bulwark_http::{HttpConfig, Listen};
-use bulwark_placement::{DEFAULT_REPLICATION, DEFAULT_VNODES, MAX_VNODES, NodeSpec, Placement};
+use bulwark_placement::{
+    DEFAULT_REPLICATION, DEFAULT_VNODES, Layout, LayoutState, MAX_VNODES, NodeSpec, Placement,
+};
 use bulwark_replica::{Dialect, ReplicaSpec, ReplicaTls};
 use bulwark_resilience::breaker::BreakerConfig;
 
@@ -37,8 +39,10 @@ pub struct GatewayConfig {
     /// Where keys live: `REPLICAS` as a consistent-hash ring of `VNODES` virtual nodes
     /// each (default 150) with `REPLICATION_FACTOR` replicas per key (default 3, or every
     /// replica when there are fewer: then every replica holds every key, as before
-    /// sharding). docs/design/sharding.md.
+    /// sharding); or the layout in `LAYOUT_FILE`. docs/design/sharding.md.
     pub placement: Placement,
+    /// The version of the layout `placement` comes from (1 when built from the settings).
+    pub layout_version: u64,
     /// What the replicas are: `bulwark` nodes or real `redis` servers. `BACKEND`.
     pub backend: Dialect,
     /// TLS to the replicas: `REPLICA_TLS_CA_FILE` (the CA their certificates chain to)
@@ -87,18 +91,51 @@ pub struct GatewayConfig {
     pub anti_entropy: AntiEntropyConfig,
 }
 
-/// `REPLICATION_FACTOR` and `VNODES` over `REPLICAS`, validated as a ring.
+/// Where keys live, from `LAYOUT_FILE` (the layout `bulwark up` keeps: its nodes, weights,
+/// zones, N and version; `REPLICAS` then says how this gateway reaches each of its nodes)
+/// or else from `REPLICATION_FACTOR` and `VNODES` over `REPLICAS`; validated as a ring.
+/// Returns the placement, its nodes in `REPLICAS` order, and the layout's version.
 fn placement(
     s: &Settings,
     replicas: &[ReplicaSpec],
     mode: Mode,
     raw_replicas: &str,
-) -> Result<Placement, ConfigError> {
-    let n = s.int_in(
-        "REPLICATION_FACTOR",
-        DEFAULT_REPLICATION.min(replicas.len()),
-        1..=replicas.len(),
-    )?;
+) -> Result<(Placement, u64), ConfigError> {
+    let (placement, version) = match s.get("LAYOUT_FILE") {
+        Some(path) => {
+            for setting in ["REPLICATION_FACTOR", "VNODES"] {
+                if let Some(v) = s.get(setting) {
+                    return Err(ConfigError::invalid(
+                        setting,
+                        v,
+                        "LAYOUT_FILE sets it; set one or the other",
+                    ));
+                }
+            }
+            layout_placement(path, replicas, raw_replicas)?
+        }
+        None => {
+            let placement = Placement {
+                replication_factor: s.int_in(
+                    "REPLICATION_FACTOR",
+                    DEFAULT_REPLICATION.min(replicas.len()),
+                    1..=replicas.len(),
+                )?,
+                vnodes: s.int_in("VNODES", DEFAULT_VNODES, 1..=MAX_VNODES)?,
+                nodes: replicas
+                    .iter()
+                    .map(|r| NodeSpec {
+                        name: r.name.clone(),
+                        addr: r.addr.clone(),
+                        weight: 1.0,
+                        zone: None,
+                    })
+                    .collect(),
+            };
+            (placement, 1)
+        }
+    };
+    let n = placement.replication_factor;
     if mode == Mode::Quorum && n < 3 {
         return Err(ConfigError::invalid(
             "REPLICATION_FACTOR",
@@ -106,23 +143,66 @@ fn placement(
             "quorum mode needs at least 3 replicas per key",
         ));
     }
-    let placement = Placement {
-        replication_factor: n,
-        vnodes: s.int_in("VNODES", DEFAULT_VNODES, 1..=MAX_VNODES)?,
-        nodes: replicas
-            .iter()
-            .map(|r| NodeSpec {
-                name: r.name.clone(),
-                addr: r.addr.clone(),
-                weight: 1.0,
-                zone: None,
-            })
-            .collect(),
-    };
     placement
         .validate()
         .map_err(|e| ConfigError::invalid("REPLICAS", raw_replicas, e.to_string()))?;
-    Ok(placement)
+    Ok((placement, version))
+}
+
+/// The stable placement of the layout in `path`, with this gateway's addresses of its
+/// nodes (from `REPLICAS`, which must list exactly those nodes) in `REPLICAS` order.
+fn layout_placement(
+    path: &str,
+    replicas: &[ReplicaSpec],
+    raw_replicas: &str,
+) -> Result<(Placement, u64), ConfigError> {
+    let bad = |why: String| ConfigError::invalid("LAYOUT_FILE", path, why);
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let layout = Layout::from_json(&text).map_err(|e| bad(e.to_string()))?;
+    let LayoutState::Stable(stored) = &layout.state else {
+        return Err(bad(format!(
+            "layout version {} is a transition; this gateway routes stable layouts only",
+            layout.version
+        )));
+    };
+    let mut nodes = Vec::with_capacity(replicas.len());
+    for r in replicas {
+        let node = stored.node(&r.name).ok_or_else(|| {
+            ConfigError::invalid(
+                "REPLICAS",
+                raw_replicas,
+                format!(
+                    "lists {}, which layout version {} in {path} does not have",
+                    r.name, layout.version
+                ),
+            )
+        })?;
+        nodes.push(NodeSpec {
+            addr: r.addr.clone(),
+            ..node.clone()
+        });
+    }
+    if let Some(missing) = stored
+        .nodes
+        .iter()
+        .find(|n| replicas.iter().all(|r| r.name != n.name))
+    {
+        return Err(ConfigError::invalid(
+            "REPLICAS",
+            raw_replicas,
+            format!(
+                "has no address for node {} of layout version {} in {path}",
+                missing.name, layout.version
+            ),
+        ));
+    }
+    Ok((
+        Placement {
+            nodes,
+            ..stored.clone()
+        },
+        layout.version,
+    ))
 }
 
 /// `REPLICA_TLS_*`, checked by loading the files (an error names the setting or file).
@@ -199,7 +279,7 @@ impl GatewayConfig {
                 ),
             ));
         }
-        let placement = placement(s, &replicas, mode, raw_replicas)?;
+        let (placement, layout_version) = placement(s, &replicas, mode, raw_replicas)?;
         let network_timeout = s.seconds_or(
             "NETWORK_TIMEOUT_SEC",
             Duration::from_millis(200),
@@ -264,6 +344,7 @@ impl GatewayConfig {
             )?,
             replicas,
             placement,
+            layout_version,
             backend: s.parse_or("BACKEND", Dialect::Bulwark)?,
             replica_tls: replica_tls(s)?,
             network_timeout,
@@ -399,5 +480,112 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.http.port, 5003);
+    }
+
+    #[test]
+    fn replication_factor_defaults_to_three_and_is_bounded() {
+        let five = "a=127.0.0.1:1,b=127.0.0.1:2,c=127.0.0.1:3,d=127.0.0.1:4,e=127.0.0.1:5";
+        let c = cfg(&[("REPLICAS", five)]).unwrap();
+        assert_eq!(c.placement.replication_factor, 3);
+        assert_eq!(c.placement.vnodes, 150);
+        assert_eq!(cfg(&[]).unwrap().placement.replication_factor, 2);
+        let e = cfg(&[("REPLICAS", five), ("REPLICATION_FACTOR", "6")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REPLICATION_FACTOR"), "{e}");
+        let e = cfg(&[
+            ("REPLICAS", five),
+            ("MODE", "quorum"),
+            ("REPLICATION_FACTOR", "2"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("REPLICATION_FACTOR") && e.contains("quorum"), "{e}");
+    }
+
+    #[test]
+    fn a_layout_file_gives_the_ring_and_replicas_give_the_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("layout.json");
+        let placement = Placement {
+            replication_factor: 2,
+            vnodes: 64,
+            nodes: ["a", "b", "c"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NodeSpec {
+                    name: (*n).to_owned(),
+                    addr: format!("10.0.0.{i}:6379"),
+                    weight: if *n == "c" { 2.0 } else { 1.0 },
+                    zone: Some(format!("z{i}")),
+                })
+                .collect(),
+        };
+        let mut layout = Layout::stable(placement.clone()).unwrap();
+        layout.version = 7;
+        std::fs::write(&path, layout.to_json()).unwrap();
+        let file = path.to_str().unwrap();
+        // REPLICAS in another order, through other addresses (a gateway's proxies).
+        let replicas = "c=127.0.0.1:3,a=127.0.0.1:1,b=127.0.0.1:2";
+        let c = cfg(&[("LAYOUT_FILE", file), ("REPLICAS", replicas)]).unwrap();
+        assert_eq!(c.layout_version, 7);
+        assert_eq!(c.placement.replication_factor, 2);
+        assert_eq!(c.placement.vnodes, 64);
+        let names: Vec<&str> = c.placement.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["c", "a", "b"]);
+        assert_eq!(c.placement.nodes[0].addr, "127.0.0.1:3");
+        assert_eq!(c.placement.nodes[0].weight, 2.0);
+        assert_eq!(c.placement.nodes[0].zone.as_deref(), Some("z2"));
+
+        let refused = |pairs: &[(&str, &str)], setting: &str, what: &str| {
+            let e = cfg(pairs).unwrap_err().to_string();
+            assert!(e.contains(setting) && e.contains(what), "{e}");
+        };
+        refused(
+            &[
+                ("LAYOUT_FILE", file),
+                ("REPLICAS", replicas),
+                ("REPLICATION_FACTOR", "2"),
+            ],
+            "REPLICATION_FACTOR",
+            "set one or the other",
+        );
+        refused(
+            &[("LAYOUT_FILE", file), ("REPLICAS", "a=127.0.0.1:1,b=127.0.0.1:2")],
+            "REPLICAS",
+            "no address for node c",
+        );
+        refused(
+            &[
+                ("LAYOUT_FILE", file),
+                ("REPLICAS", "a=127.0.0.1:1,b=127.0.0.1:2,c=127.0.0.1:3,d=127.0.0.1:4"),
+            ],
+            "REPLICAS",
+            "lists d",
+        );
+        let transition = Layout {
+            state: LayoutState::Transition {
+                from: placement.clone(),
+                to: placement,
+            },
+            ..layout
+        };
+        std::fs::write(&path, transition.to_json()).unwrap();
+        refused(
+            &[("LAYOUT_FILE", file), ("REPLICAS", replicas)],
+            "LAYOUT_FILE",
+            "transition",
+        );
+        std::fs::write(&path, "{}").unwrap();
+        refused(
+            &[("LAYOUT_FILE", file), ("REPLICAS", replicas)],
+            "LAYOUT_FILE",
+            "not a layout",
+        );
+        refused(
+            &[("LAYOUT_FILE", "/nonexistent/layout.json"), ("REPLICAS", replicas)],
+            "LAYOUT_FILE",
+            "No such file",
+        );
     }
 }

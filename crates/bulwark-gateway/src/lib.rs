@@ -62,6 +62,10 @@ pub struct GatewayArgs {
     /// Replica kind: bulwark or redis (setting BACKEND).
     #[arg(long)]
     pub backend: Option<String>,
+    /// Replicas per key, N (setting REPLICATION_FACTOR; default 3, or every replica when
+    /// there are fewer).
+    #[arg(long)]
+    pub replication_factor: Option<String>,
     /// A TOML config file with the same settings (setting BULWARK_CONFIG).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -77,6 +81,7 @@ impl GatewayArgs {
             ("GATEWAY_NAME", &self.name),
             ("REPLICAS", &self.replicas),
             ("BACKEND", &self.backend),
+            ("REPLICATION_FACTOR", &self.replication_factor),
         ];
         Settings::for_command_line(self.config.as_deref(), &flags)
     }

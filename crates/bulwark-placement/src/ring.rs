@@ -90,8 +90,12 @@ impl Ring {
             let id = id as NodeId;
             owned.extend((0..placement.tokens_of(spec)).map(|i| (token(&spec.name, i), id)));
         }
-        // Equal tokens (never seen with SHA-256, but possible): the node listed first keeps it.
-        owned.sort_unstable();
+        // Equal tokens (never seen with SHA-256, but possible): the node whose name sorts
+        // first keeps it, so the ring does not depend on the order nodes are listed in.
+        owned.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| names[usize::from(a.1)].cmp(&names[usize::from(b.1)]))
+        });
         owned.dedup_by_key(|(t, _)| *t);
         let n = placement.replication_factor;
         let zones: Vec<Option<&str>> = placement.nodes.iter().map(|s| s.zone.as_deref()).collect();

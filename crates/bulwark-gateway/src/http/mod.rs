@@ -168,6 +168,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         "mode": e.config.mode.as_str(),
         "write_quorum": e.config.mode.write_quorum(e.routing.replication_factor()),
         "replication_factor": e.routing.replication_factor(),
+        "layout_version": e.config.layout_version,
         "replicas": replicas,
     });
     let status = if ready {
