@@ -535,6 +535,17 @@ pub fn endpoints_table(topology: &Topology, control: &str) -> String {
         "audit log".to_owned(),
         format!("{}  (bulwark audit verify)", topology.audit_log().display()),
     ));
+    let placement = topology.layout.target();
+    rows.push((
+        "layout".to_owned(),
+        format!(
+            "{}  (version {}: {} nodes, N = {}; bulwark ctl shard status)",
+            crate::sharding::layout_path(&topology.data_dir).display(),
+            topology.layout.version,
+            placement.nodes.len(),
+            placement.replication_factor
+        ),
+    ));
     if let Some(tls) = &topology.tls {
         rows.push((
             "TLS CA".to_owned(),

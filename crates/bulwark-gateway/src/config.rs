@@ -500,7 +500,10 @@ mod tests {
         ])
         .unwrap_err()
         .to_string();
-        assert!(e.contains("REPLICATION_FACTOR") && e.contains("quorum"), "{e}");
+        assert!(
+            e.contains("REPLICATION_FACTOR") && e.contains("quorum"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -551,14 +554,20 @@ mod tests {
             "set one or the other",
         );
         refused(
-            &[("LAYOUT_FILE", file), ("REPLICAS", "a=127.0.0.1:1,b=127.0.0.1:2")],
+            &[
+                ("LAYOUT_FILE", file),
+                ("REPLICAS", "a=127.0.0.1:1,b=127.0.0.1:2"),
+            ],
             "REPLICAS",
             "no address for node c",
         );
         refused(
             &[
                 ("LAYOUT_FILE", file),
-                ("REPLICAS", "a=127.0.0.1:1,b=127.0.0.1:2,c=127.0.0.1:3,d=127.0.0.1:4"),
+                (
+                    "REPLICAS",
+                    "a=127.0.0.1:1,b=127.0.0.1:2,c=127.0.0.1:3,d=127.0.0.1:4",
+                ),
             ],
             "REPLICAS",
             "lists d",
@@ -583,7 +592,10 @@ mod tests {
             "not a layout",
         );
         refused(
-            &[("LAYOUT_FILE", "/nonexistent/layout.json"), ("REPLICAS", replicas)],
+            &[
+                ("LAYOUT_FILE", "/nonexistent/layout.json"),
+                ("REPLICAS", replicas),
+            ],
             "LAYOUT_FILE",
             "No such file",
         );

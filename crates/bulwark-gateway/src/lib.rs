@@ -154,7 +154,7 @@ pub async fn serve(
     let (state, app, security) = app(config)?;
     let config = &state.engine.config;
     let detail = format!(
-        "mode={} backend={:?} replicas={} timeout_ms={} max_staleness_ms={} {}",
+        "mode={} backend={:?} replicas={} replication_factor={} layout_version={} timeout_ms={} max_staleness_ms={} {}",
         config.mode,
         config.backend,
         config
@@ -163,6 +163,8 @@ pub async fn serve(
             .map(|r| format!("{}={}", r.name, r.addr))
             .collect::<Vec<_>>()
             .join(","),
+        config.placement.replication_factor,
+        config.layout_version,
         config.network_timeout.as_millis(),
         config.max_staleness_ms,
         config.http.describe(),
