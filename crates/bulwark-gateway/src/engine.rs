@@ -243,17 +243,21 @@ impl Engine {
             .collect()
     }
 
-    /// Writes `value` (`None` deletes) under `mode`.
+    /// Writes `value` (`None` deletes) under `mode`, waiting for `w` acknowledgements
+    /// (the request's `?w=`, already checked to be within `1..=N`; `None`: the mode's).
     pub async fn write(
         &self,
         key: &[u8],
         value: Option<Bytes>,
         mode: Mode,
+        w: Option<usize>,
         request_id: &str,
     ) -> WriteOutcome {
+        let n = self.routing.replication_factor();
+        let required = w.unwrap_or_else(|| mode.write_quorum(n)).clamp(1, n);
         let outcome = match mode {
-            Mode::Ap => self.write_ap(key, value, request_id).await,
-            Mode::Cp | Mode::Quorum => self.write_2pc(key, value, mode).await,
+            Mode::Ap => self.write_ap(key, value, required, request_id).await,
+            Mode::Cp | Mode::Quorum => self.write_2pc(key, value, required).await,
         };
         let key_text = String::from_utf8_lossy(key);
         match &outcome {
@@ -334,7 +338,13 @@ impl Engine {
     /// replicas (so that a stopped replica is reported `behind` at once, while a slow or
     /// hung one does not hold the answer back); calls still in flight then are reported
     /// `pending` and finished in the background.
-    async fn write_ap(&self, key: &[u8], value: Option<Bytes>, request_id: &str) -> WriteOutcome {
+    async fn write_ap(
+        &self,
+        key: &[u8],
+        value: Option<Bytes>,
+        required: usize,
+        request_id: &str,
+    ) -> WriteOutcome {
         let version = self.hlc.now();
         let owners = self.routing.replicas(key);
         let key = Bytes::copy_from_slice(key);
@@ -345,6 +355,7 @@ impl Engine {
         let mut results: Vec<Option<Result<PutReply, CallError>>> =
             (0..self.set.len()).map(|_| None).collect();
         let mut answer_by: Option<tokio::time::Instant> = None;
+        let mut oks = 0;
         loop {
             let next = match answer_by {
                 None => calls.next().await,
@@ -354,7 +365,8 @@ impl Engine {
                 },
             };
             let Some((i, result)) = next else { break };
-            if result.is_ok() && answer_by.is_none() {
+            oks += usize::from(result.is_ok());
+            if oks >= required && answer_by.is_none() {
                 answer_by = Some(tokio::time::Instant::now() + self.config.ap_ack_wait);
             }
             results[i] = Some(result);
@@ -385,6 +397,19 @@ impl Engine {
                 WriteOutcome::Unknown { version, reason }
             } else {
                 WriteOutcome::Unavailable { reason }
+            };
+        }
+        if acked.len() < required {
+            // Applied where it was acknowledged (and handed off to the rest), but not by
+            // the W the request asked for: the client must not count it as W-durable.
+            return WriteOutcome::Unknown {
+                version,
+                reason: format!(
+                    "{} of the {required} replicas the request asked for acknowledged ({}); the write is on {} and is handed off to the others",
+                    acked.len(),
+                    errors.join("; "),
+                    self.names(acked).join(", ")
+                ),
             };
         }
         if !calls.is_empty() {
@@ -435,9 +460,8 @@ impl Engine {
     }
 
     /// CP and quorum: two-phase commit decided at the coordinator replica.
-    async fn write_2pc(&self, key: &[u8], value: Option<Bytes>, mode: Mode) -> WriteOutcome {
+    async fn write_2pc(&self, key: &[u8], value: Option<Bytes>, required: usize) -> WriteOutcome {
         let owners = self.routing.replicas(key);
-        let required = mode.write_quorum(owners.len());
         let mut attempt = 1;
         loop {
             // Fail fast, without touching the network, when the breakers already say the
@@ -789,10 +813,15 @@ impl Engine {
 
     /// Reads `key` under `mode`. `required` is the session's own latest write of the key
     /// (read-your-writes), if any.
+    ///
+    /// `r` is the request's `?r=` (answers needed, already checked to be within
+    /// `1..=N`; `None`: the mode's). With more than one answer needed, AP returns the
+    /// newest of them rather than the preferred replica's.
     pub async fn read(
         &self,
         key: &[u8],
         mode: Mode,
+        r: Option<usize>,
         required: Option<Version>,
         request_id: &str,
     ) -> Result<ReadResult, ReadError> {
@@ -813,7 +842,9 @@ impl Engine {
                 Err(e) => errors.push(Some(e.to_string())),
             }
         }
-        let needed = mode.read_quorum(owners.len());
+        let needed = r
+            .unwrap_or_else(|| mode.read_quorum(owners.len()))
+            .clamp(1, owners.len());
         if answers.len() < needed {
             let failed: Vec<String> = owners
                 .iter()
@@ -837,6 +868,9 @@ impl Engine {
             .filter_map(|(i, s)| s.committed.as_ref().map(|c| (*i, c)))
             .max_by_key(|(i, c)| (c.version, std::cmp::Reverse(*i)));
         let (source, record) = match mode {
+            Mode::Ap if needed > 1 => {
+                best.map_or((answers[0].0, None), |(i, c)| (i, Some(c.clone())))
+            }
             Mode::Ap => {
                 // The preferred (first) answering replica, unless it misses the session's
                 // own write and another one has it (SPEC CAP-7).

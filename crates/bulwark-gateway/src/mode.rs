@@ -56,6 +56,57 @@ impl Mode {
     }
 }
 
+/// A read or write quorum one request asks for (`?r=` / `?w=` on `/v1/kv`, SPEC HARD-1):
+/// a number of the key's replicas, or a level relative to its N.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuorumSize {
+    /// Exactly this many replicas (1 ≤ k ≤ N, checked against N by the caller).
+    Count(usize),
+    /// One replica.
+    One,
+    /// A majority: ⌊N/2⌋ + 1.
+    Majority,
+    /// Every replica of the key.
+    All,
+}
+
+impl QuorumSize {
+    /// The number of replicas it means among `n`, or `None` when a count exceeds `n`.
+    pub fn of(self, n: usize) -> Option<usize> {
+        match self {
+            QuorumSize::Count(k) => (1..=n).contains(&k).then_some(k),
+            QuorumSize::One => Some(1),
+            QuorumSize::Majority => Some(n / 2 + 1),
+            QuorumSize::All => Some(n),
+        }
+    }
+}
+
+impl FromStr for QuorumSize {
+    type Err = String;
+
+    /// Exactly `one`, `quorum`, `all` or a count in digits: nothing is trimmed or folded
+    /// (ambiguous input is refused).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "one" => Ok(QuorumSize::One),
+            "quorum" => Ok(QuorumSize::Majority),
+            "all" => Ok(QuorumSize::All),
+            digits
+                if (1..=4).contains(&digits.len())
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && !digits.starts_with('0') =>
+            {
+                digits
+                    .parse::<usize>()
+                    .map(QuorumSize::Count)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err("expected a count of replicas (1, 2, …), or one, quorum or all".into()),
+        }
+    }
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -89,6 +140,23 @@ mod tests {
         assert_eq!(Mode::Quorum.write_quorum(3), 2);
         assert_eq!(Mode::Cp.write_quorum(3), 3);
         assert_eq!(Mode::Ap.write_quorum(3), 1);
+    }
+
+    #[test]
+    fn quorum_sizes_parse_and_resolve_against_n() {
+        assert_eq!("2".parse::<QuorumSize>(), Ok(QuorumSize::Count(2)));
+        assert_eq!("all".parse::<QuorumSize>(), Ok(QuorumSize::All));
+        assert_eq!("quorum".parse::<QuorumSize>(), Ok(QuorumSize::Majority));
+        for bad in [
+            "0", "", "-1", "2.0", " 2", "most", "99999", "ALL", "01", "2 ",
+        ] {
+            assert!(bad.parse::<QuorumSize>().is_err(), "{bad:?}");
+        }
+        assert_eq!(QuorumSize::Count(3).of(3), Some(3));
+        assert_eq!(QuorumSize::Count(4).of(3), None);
+        assert_eq!(QuorumSize::Majority.of(5), Some(3));
+        assert_eq!(QuorumSize::All.of(5), Some(5));
+        assert_eq!(QuorumSize::One.of(5), Some(1));
     }
 
     #[test]

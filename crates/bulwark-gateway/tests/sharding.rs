@@ -263,3 +263,87 @@ async fn readiness_needs_every_replica_set_to_be_writable() {
     cp.shutdown().await.expect("shutdown");
     ap.shutdown().await.expect("shutdown");
 }
+
+/// `?r=` and `?w=` (SPEC HARD-1): validated against N, used, and reported with whether
+/// they overlap the mode's default quorum of the other kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_quorums_are_validated_used_and_reported() {
+    let mut cluster = TestCluster::start(Backend::Bulwark, 5).await;
+    let ring = ring(&cluster);
+    let gw = cluster.gateway("quorum", &[]).await;
+    let c = client();
+    let put = |query: String| {
+        let c = c.clone();
+        let url = format!("{}/v1/kv/{query}", gw.url);
+        async move {
+            let r = c
+                .put(url)
+                .json(&json!({"value": "v"}))
+                .send()
+                .await
+                .expect("put");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    let (status, body) = put("q1?w=all".into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["quorum"], json!({"n": 3, "w": 3, "strong": true}));
+    assert_eq!(names(&body["acked_by"]), owners(&ring, "q1"));
+    let (status, body) = put("q2?consistency=ap&w=2".into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(names(&body["acked_by"]).len() >= 2, "{body}");
+    // AP reads one replica by default: 2 + 1 does not exceed 3.
+    assert_eq!(body["quorum"], json!({"n": 3, "w": 2, "strong": false}));
+    let (status, body) = put("q3".into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["quorum"], json!({"n": 3, "w": 2, "strong": true}));
+
+    let (status, body) = get(&c, format!("{}/v1/kv/q2?consistency=ap&r=quorum", gw.url)).await;
+    assert_eq!(status, 200, "{body}");
+    // AP writes wait for one replica by default: 2 + 1 does not exceed 3 either.
+    assert_eq!(body["quorum"], json!({"n": 3, "r": 2, "strong": false}));
+    let (status, body) = get(&c, format!("{}/v1/kv/q2?r=all", gw.url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["quorum"], json!({"n": 3, "r": 3, "strong": true}));
+    let (status, body) = get(&c, format!("{}/v1/kv/q2?r=1", gw.url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["quorum"], json!({"n": 3, "r": 1, "strong": false}));
+
+    for (query, status) in [
+        ("k?w=4", 400),
+        ("k?w=0", 400),
+        ("k?w=01", 400),
+        ("k?w=ALL", 400),
+        ("k?w=", 400),
+        ("k?w=1&w=2", 400),
+        ("k?r=2", 400),
+        ("k?consistency=cp&w=2", 422),
+    ] {
+        let (got, body) = put(query.into()).await;
+        assert_eq!(got, status, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "INVALID_QUORUM", "{query}: {body}");
+    }
+    let (status, body) = put("k?consistency=cp&w=all".into()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(&c, format!("{}/v1/kv/k?w=1", gw.url)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_QUORUM");
+
+    // An AP write that fewer than W owners acknowledge is not reported as W-durable.
+    let key = "down";
+    let victim = owners(&ring, key)[0].clone();
+    let vi = cluster
+        .replicas
+        .iter()
+        .position(|r| r.name == victim)
+        .expect("owner");
+    cluster.replicas[vi].stop().await;
+    let (status, body) = put(format!("{key}?consistency=ap&w=all")).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "OUTCOME_UNKNOWN", "{body}");
+    let (status, body) = put(format!("{key}?consistency=ap&w=2")).await;
+    assert_eq!(status, 200, "{body}");
+    gw.shutdown().await.expect("shutdown");
+}

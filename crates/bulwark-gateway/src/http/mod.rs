@@ -278,13 +278,15 @@ fn session(state: &AppState, headers: &HeaderMap) -> Session {
         .unwrap_or_default()
 }
 
-/// Turns a write outcome into a response, recording the write in the session cookie.
+/// Turns a write outcome into a response, recording the write in the session cookie;
+/// `quorum` (the `/v1` API's) is added to a success.
 fn write_response(
     state: &AppState,
     headers: &HeaderMap,
     key: &str,
     mode: Mode,
     outcome: WriteOutcome,
+    quorum: Option<Value>,
     rid: &str,
 ) -> Response {
     if let Some(err) = write_error(&outcome, rid) {
@@ -318,6 +320,9 @@ fn write_response(
     });
     if let Some(c) = coordinator {
         body["coordinator"] = c.into();
+    }
+    if let Some(q) = quorum {
+        body["quorum"] = q;
     }
     if !pending.is_empty() {
         body["pending"] = pending.into();

@@ -30,9 +30,18 @@ pub fn path_value_chars(max_key_bytes: usize, max_value_bytes: usize, max_uri: u
 
 /// The document with the limits in. JSON Schema counts characters: keys and values are
 /// limited in bytes (`MAX_KEY_BYTES`, `MAX_VALUE_BYTES`), which are the character counts
-/// of ASCII text; the descriptions say so.
-pub fn document_for(max_key_bytes: usize, max_value_bytes: usize, max_uri: usize) -> Value {
+/// of ASCII text; the descriptions say so. `n` (replicas per key) bounds `r` and `w`.
+pub fn document_for(
+    max_key_bytes: usize,
+    max_value_bytes: usize,
+    max_uri: usize,
+    n: usize,
+) -> Value {
     let mut doc = bulwark_http::openapi::embedded(DOCUMENT);
+    let counts: Vec<String> = (1..=n).map(|k| k.to_string()).collect();
+    if let Some(v) = doc.pointer_mut("/components/schemas/QuorumSize/pattern") {
+        *v = format!("^({}|one|quorum|all)$", counts.join("|")).into();
+    }
     let mut set = |pointer: &str, n: usize| {
         if let Some(v) = doc.pointer_mut(pointer) {
             *v = n.into();
@@ -62,6 +71,7 @@ pub async fn document(State(state): State<Arc<AppState>>) -> Json<Value> {
         config.limits.max_key_bytes,
         config.limits.max_value_bytes,
         config.http.serve.guard.max_uri,
+        state.engine.routing.replication_factor(),
     ))
 }
 
@@ -71,7 +81,7 @@ mod tests {
 
     #[test]
     fn the_document_parses_and_takes_the_limits() {
-        let doc = document_for(1024, 1 << 20, 16 * 1024);
+        let doc = document_for(1024, 1 << 20, 16 * 1024, 3);
         assert_eq!(doc["openapi"], "3.1.0");
         let schemas = &doc["components"]["schemas"];
         assert_eq!(schemas["Key"]["maxLength"], 1024);
@@ -85,6 +95,7 @@ mod tests {
             (1usize << 20).div_ceil(3) * 4
         );
         assert_eq!(path_value_chars(8192, 1 << 20, 16 * 1024), 0);
+        assert_eq!(schemas["QuorumSize"]["pattern"], "^(1|2|3|one|quorum|all)$");
         // The gateway's own 400 and the layer's 401 are on every operation.
         let put = &doc["paths"]["/v1/kv/{key}"]["put"]["responses"];
         assert_eq!(put["400"]["$ref"], "#/components/responses/BadRequest");

@@ -70,9 +70,9 @@ pub async fn write(
     };
     let outcome = state
         .engine
-        .write(key.as_bytes(), Some(Bytes::from(value)), mode, &rid)
+        .write(key.as_bytes(), Some(Bytes::from(value)), mode, None, &rid)
         .await;
-    write_response(&state, &headers, &key, mode, outcome, &rid)
+    write_response(&state, &headers, &key, mode, outcome, None, &rid)
 }
 
 /// `GET /read/{key}`: the value, per-replica staleness and read-your-writes status.
@@ -98,7 +98,7 @@ pub async fn read(
     let required = session(&state, &headers).required(&key);
     let result = match state
         .engine
-        .read(key.as_bytes(), mode, required, &rid)
+        .read(key.as_bytes(), mode, None, required, &rid)
         .await
     {
         Ok(r) => r,

@@ -1,5 +1,8 @@
-//! The versioned JSON API: `/v1/kv/{key}` with GET, PUT and DELETE, binary-safe values
-//! and per-request consistency (`?consistency=ap|cp|quorum` or `X-Consistency`).
+//! The versioned JSON API: `/v1/kv/{key}` with GET, PUT and DELETE, binary-safe values,
+//! per-request consistency (`?consistency=ap|cp|quorum` or `X-Consistency`) and
+//! per-request quorums (`?r=` on reads, `?w=` on writes: `1..N`, `one`, `quorum`, `all`;
+//! SPEC HARD-1). Every answer says N, the quorum used and whether it is strong: whether
+//! it overlaps every quorum of the other kind the mode uses by default (`W + R > N`).
 
 use std::sync::Arc;
 
@@ -12,7 +15,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::mode::Mode;
+use crate::mode::{Mode, QuorumSize};
 
 use super::seed::bad_path;
 use super::{
@@ -28,6 +31,105 @@ pub struct PutBody {
     pub value: Option<String>,
     /// The value as standard base64, for binary data.
     pub value_base64: Option<String>,
+}
+
+/// Which side of a request a quorum parameter is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Read,
+    Write,
+}
+
+impl Side {
+    fn param(self) -> &'static str {
+        match self {
+            Side::Read => "r",
+            Side::Write => "w",
+        }
+    }
+}
+
+/// The quorum a `/v1/kv` request asks for on `side` (`None`: the mode's), resolved against
+/// N; refuses a repeated or empty parameter, a count above N, the other side's parameter,
+/// and `w` below N with CP (which writes every replica of the key by definition).
+fn requested_quorum(
+    state: &AppState,
+    query: Option<&str>,
+    side: Side,
+    mode: Mode,
+    rid: &str,
+) -> Result<Option<usize>, ApiError> {
+    let bad = |status: StatusCode, msg: String| ApiError::new(status, "INVALID_QUORUM", msg, rid);
+    let values = |name: &str| -> Vec<String> {
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    };
+    let other = match side {
+        Side::Read => Side::Write,
+        Side::Write => Side::Read,
+    };
+    if !values(other.param()).is_empty() {
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            match side {
+                Side::Read => "w applies to writes; a read takes r".to_owned(),
+                Side::Write => "r applies to reads; a write takes w".to_owned(),
+            },
+        ));
+    }
+    let name = side.param();
+    let raw = match values(name).as_slice() {
+        [] => return Ok(None),
+        [one] => one.clone(),
+        _ => {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                format!("{name} is given more than once"),
+            ));
+        }
+    };
+    let n = state.engine.routing.replication_factor();
+    let size: QuorumSize = raw
+        .parse()
+        .map_err(|e: String| bad(StatusCode::BAD_REQUEST, format!("{name}={raw:?}: {e}")))?;
+    let count = size.of(n).ok_or_else(|| {
+        bad(
+            StatusCode::BAD_REQUEST,
+            format!("{name}={raw}: keys have N = {n} replicas; use 1 to {n}, one, quorum or all"),
+        )
+    })?;
+    if side == Side::Write && mode == Mode::Cp && count != n {
+        return Err(bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "w={raw}: consistency=cp writes every replica of the key (w=all, {n}); for fewer use consistency=quorum or ap"
+            ),
+        ));
+    }
+    Ok(Some(count))
+}
+
+/// `{"n", "r"|"w", "strong"}`: the quorum a request used, and whether it overlaps the
+/// mode's default quorum of the other kind.
+fn quorum_field(state: &AppState, side: Side, mode: Mode, used: Option<usize>) -> Value {
+    let n = state.engine.routing.replication_factor();
+    let (size, other) = match side {
+        Side::Read => (
+            used.unwrap_or_else(|| mode.read_quorum(n)),
+            mode.write_quorum(n),
+        ),
+        Side::Write => (
+            used.unwrap_or_else(|| mode.write_quorum(n)),
+            mode.read_quorum(n),
+        ),
+    };
+    let mut q = Map::new();
+    q.insert("n".into(), n.into());
+    q.insert(side.param().into(), size.into());
+    q.insert("strong".into(), (size + other > n).into());
+    Value::Object(q)
 }
 
 /// The key (validated) and the consistency mode a `/v1/kv/{key}` request is about.
@@ -80,10 +182,14 @@ pub async fn get(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
+    let r = match requested_quorum(&state, query.as_deref(), Side::Read, mode, &rid) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
     let required = session(&state, &headers).required(&key);
     let result = match state
         .engine
-        .read(key.as_bytes(), mode, required, &rid)
+        .read(key.as_bytes(), mode, r, required, &rid)
         .await
     {
         Ok(r) => r,
@@ -124,6 +230,7 @@ pub async fn get(
     body.insert("version".into(), version.to_string().into());
     body.insert("consistency".into(), mode.as_str().into());
     body.insert("source".into(), result.source.clone().into());
+    body.insert("quorum".into(), quorum_field(&state, Side::Read, mode, r));
     read_fields(&result, &mut body);
     axum::Json(Value::Object(body)).into_response()
 }
@@ -140,6 +247,10 @@ pub async fn put(
     let rid = rid.0;
     let (key, mode) = match target(&state, path, query.as_deref(), &headers, &rid) {
         Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let w = match requested_quorum(&state, query.as_deref(), Side::Write, mode, &rid) {
+        Ok(w) => w,
         Err(e) => return e.into_response(),
     };
     let limits = state.engine.config.limits;
@@ -182,9 +293,10 @@ pub async fn put(
     }
     let outcome = state
         .engine
-        .write(key.as_bytes(), Some(value), mode, &rid)
+        .write(key.as_bytes(), Some(value), mode, w, &rid)
         .await;
-    write_response(&state, &headers, &key, mode, outcome, &rid)
+    let quorum = quorum_field(&state, Side::Write, mode, w);
+    write_response(&state, &headers, &key, mode, outcome, Some(quorum), &rid)
 }
 
 /// Standard base64 with padding; the unused bits of the last symbol may be set (RFC 4648
@@ -220,6 +332,14 @@ pub async fn delete(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    let outcome = state.engine.write(key.as_bytes(), None, mode, &rid).await;
-    write_response(&state, &headers, &key, mode, outcome, &rid)
+    let w = match requested_quorum(&state, query.as_deref(), Side::Write, mode, &rid) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    let outcome = state
+        .engine
+        .write(key.as_bytes(), None, mode, w, &rid)
+        .await;
+    let quorum = quorum_field(&state, Side::Write, mode, w);
+    write_response(&state, &headers, &key, mode, outcome, Some(quorum), &rid)
 }
