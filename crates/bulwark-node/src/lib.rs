@@ -23,6 +23,7 @@ use bulwark_storage::Appendfsync;
 
 pub mod cmd;
 pub mod connection;
+pub mod fence;
 pub mod server;
 
 /// Flags and environment of `bulwark node`.

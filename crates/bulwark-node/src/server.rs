@@ -61,6 +61,8 @@ pub struct Shared {
     pub parser: Parser,
     /// Whether `BW.DEBUG` is accepted (`--enable-debug-command`).
     pub debug_commands: bool,
+    /// The layout fence: calls routed with an older layout are refused.
+    pub fence: crate::fence::Fence,
 }
 
 impl Shared {
@@ -102,6 +104,7 @@ pub async fn serve(
         "storage opened"
     );
 
+    let fence = crate::fence::Fence::open(&dir).map_err(|e| anyhow::anyhow!(e))?;
     let addr = listener.local_addr()?;
     let max_clients = args.max_clients.max(1);
     let shared = Arc::new(Shared {
@@ -123,6 +126,7 @@ pub async fn serve(
             ..Limits::default()
         }),
         debug_commands: args.enable_debug_command,
+        fence,
     });
     let tls_mode = match &tls {
         None => "off",

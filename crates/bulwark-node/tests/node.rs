@@ -587,3 +587,73 @@ async fn bw_debug_corrupts_and_drops_only_when_enabled() {
     assert!(e.contains("usage"), "{e}");
     node.stop().await;
 }
+
+/// Layout fencing (docs/design/sharding.md, section 3): `BW.AT` runs a replica-protocol
+/// command only if its layout is not older than the node's fence; `BW.FENCE` raises the
+/// fence durably (it survives a restart) and never lowers it.
+#[tokio::test]
+async fn calls_routed_with_an_older_layout_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), |_| {}).await;
+    let mut c = node.conn().await;
+    let put = |layout: &'static [u8], version: &'static str, value: &'static [u8]| {
+        [
+            b"BW.AT".as_slice(),
+            layout,
+            b"BW.PUT",
+            b"k",
+            version.as_bytes(),
+            b"0",
+            value,
+        ]
+    };
+    let applied: Vec<Value> = q(&mut c, &put(b"1", V1, b"one")).await;
+    assert_eq!(applied[0], Value::Int(1));
+    let fence: i64 = q(&mut c, &[b"BW.FENCE", b"3"]).await;
+    assert_eq!(fence, 3);
+    let e = q_err(&mut c, &put(b"2", V2, b"two")).await;
+    assert!(e.contains("STALE_LAYOUT") && e.contains('3'), "{e}");
+    let value: Option<String> = q(&mut c, &[b"GET", b"k"]).await;
+    assert_eq!(
+        value.as_deref(),
+        Some("one"),
+        "a refused call changes nothing"
+    );
+    let applied: Vec<Value> = q(&mut c, &put(b"3", V3, b"three")).await;
+    assert_eq!(applied[0], Value::Int(1));
+    let fence: i64 = q(&mut c, &[b"BW.FENCE", b"2"]).await;
+    assert_eq!(fence, 3, "a fence is never lowered");
+    let state: Vec<Value> = q(&mut c, &[b"BW.AT", b"4", b"BW.GET", b"k"]).await;
+    assert_eq!(state[1], Value::BulkString(b"three".to_vec()));
+    for (args, want) in [
+        (
+            &[b"BW.AT".as_slice(), b"x", b"BW.GET", b"k"][..],
+            "invalid layout version",
+        ),
+        (
+            &[b"BW.AT", b"-1", b"BW.GET", b"k"],
+            "invalid layout version",
+        ),
+        (&[b"BW.AT", b"5", b"GET", b"k"], "BW.AT carries"),
+        (&[b"BW.AT", b"5", b"BW.FENCE", b"9"], "BW.AT carries"),
+        (&[b"BW.AT", b"5"], "wrong number of arguments"),
+        (&[b"BW.FENCE"], "wrong number of arguments"),
+        (&[b"BW.FENCE", b"+4"], "invalid layout version"),
+    ] {
+        let e = q_err(&mut c, args).await;
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    // Plain commands are an operator's tool, not routed traffic: not fenced.
+    let _: () = q(&mut c, &[b"SET", b"plain", b"ok"]).await;
+    drop(c);
+    node.stop().await;
+
+    let node = Node::start(dir.path(), |_| {}).await;
+    let mut c = node.conn().await;
+    let e = q_err(&mut c, &[b"BW.AT", b"2", b"BW.GET", b"k"]).await;
+    assert!(
+        e.contains("STALE_LAYOUT") && e.contains("3 (this call was routed with layout 2)"),
+        "the fence survived the restart: {e}"
+    );
+    node.stop().await;
+}

@@ -51,12 +51,14 @@ pub enum Cmd {
     BwDigest,
     BwBuckets,
     BwDebug,
+    BwFence,
+    BwAt,
     Unknown,
 }
 
 /// Names as clients send them (matched case-insensitively) and as metric labels
 /// (lower case), in [`Cmd`] order.
-const TABLE: [(&str, Cmd); 27] = [
+const TABLE: [(&str, Cmd); 29] = [
     ("ping", Cmd::Ping),
     ("echo", Cmd::Echo),
     ("get", Cmd::Get),
@@ -83,6 +85,8 @@ const TABLE: [(&str, Cmd); 27] = [
     ("bw.digest", Cmd::BwDigest),
     ("bw.buckets", Cmd::BwBuckets),
     ("bw.debug", Cmd::BwDebug),
+    ("bw.fence", Cmd::BwFence),
+    ("bw.at", Cmd::BwAt),
     ("unknown", Cmd::Unknown),
 ];
 
@@ -164,6 +168,113 @@ pub async fn execute(
     let cmd = lookup(&args[0]);
     counts.count(cmd);
     let result = match cmd {
+        Cmd::BwAt => at(shared, client, args, out, counts).await,
+        Cmd::BwFence => fence(shared, args, out).await,
+        _ => dispatch(cmd, shared, client, args, out).await,
+    };
+    match result {
+        Ok(flow) => flow,
+        Err(StorageError::OutOfMemory { .. }) => {
+            // Redis's wording, so clients that handle OOM recognise it.
+            encode::error(
+                out,
+                "OOM command not allowed when used memory > 'maxmemory'.",
+            );
+            Flow::default()
+        }
+        Err(e) => {
+            tracing::error!(service = shared.name.as_str(), error = %e, "storage error");
+            encode::error(out, &format!("ERR storage: {e}"));
+            Flow::default()
+        }
+    }
+}
+
+/// The commands a fenced call (`BW.AT`) may carry: the replica protocol's reads and writes.
+fn fenceable(cmd: Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::BwGet | Cmd::BwPut | Cmd::BwPrepare | Cmd::BwCommit | Cmd::BwAbort | Cmd::BwRepair
+    )
+}
+
+/// `BW.AT <layout> <command> <args…>`: runs the command if `layout` is not older than the
+/// node's fence, holding the fence's read guard while it runs; else `-STALE_LAYOUT <min>`
+/// and nothing changes (docs/design/sharding.md, section 3).
+async fn at(
+    shared: &Shared,
+    client: &mut ClientState,
+    args: &[Bytes],
+    out: &mut BytesMut,
+    counts: &mut CommandCounts,
+) -> CmdResult {
+    if args.len() < 3 {
+        return wrong_arity(args, out);
+    }
+    let Some(layout) = std::str::from_utf8(&args[1])
+        .ok()
+        .filter(|s| !s.starts_with('+'))
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return err(out, "ERR invalid layout version: expected a decimal number");
+    };
+    let inner = &args[2..];
+    let cmd = lookup(&inner[0]);
+    if !fenceable(cmd) {
+        return err(
+            out,
+            "ERR BW.AT carries BW.GET, BW.PUT, BW.PREPARE, BW.COMMIT, BW.ABORT or BW.REPAIR",
+        );
+    }
+    counts.count(cmd);
+    let guard = match shared.fence.admit(layout).await {
+        Ok(guard) => guard,
+        Err(min) => {
+            return err(
+                out,
+                &format!("STALE_LAYOUT {min} (this call was routed with layout {layout})"),
+            );
+        }
+    };
+    let result = dispatch(cmd, shared, client, inner, out).await;
+    drop(guard);
+    result
+}
+
+/// `BW.FENCE <layout>`: raises the node's fence; replies with the fence now in force once
+/// it is durable and no call admitted under an older one is still running.
+async fn fence(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdResult {
+    let [_, layout] = args else {
+        return wrong_arity(args, out);
+    };
+    let Some(layout) = std::str::from_utf8(layout)
+        .ok()
+        .filter(|s| !s.starts_with('+'))
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return err(out, "ERR invalid layout version: expected a decimal number");
+    };
+    match shared.fence.raise(layout).await {
+        Ok(min) => {
+            encode::integer(out, i64::try_from(min).unwrap_or(i64::MAX));
+            Ok(Flow::default())
+        }
+        Err(e) => {
+            tracing::error!(service = shared.name.as_str(), error = %e, "cannot persist the layout fence");
+            err(out, &format!("ERR cannot persist the fence: {e}"))
+        }
+    }
+}
+
+/// Runs one command other than `BW.AT` and `BW.FENCE`.
+async fn dispatch(
+    cmd: Cmd,
+    shared: &Shared,
+    client: &mut ClientState,
+    args: &[Bytes],
+    out: &mut BytesMut,
+) -> CmdResult {
+    match cmd {
         Cmd::Get => keys::get(shared, args, out),
         Cmd::Set => keys::set(shared, args, out),
         Cmd::Del => keys::del(shared, args, out),
@@ -181,10 +292,10 @@ pub async fn execute(
         Cmd::Config => server::config(shared, args, out),
         Cmd::Quit => {
             encode::simple(out, "OK");
-            return Flow {
+            Ok(Flow {
                 ticket: Ticket::NONE,
                 quit: true,
-            };
+            })
         }
         Cmd::Client => client::client(client, args, out),
         Cmd::BwGet => bw::get(shared, args, out),
@@ -196,25 +307,9 @@ pub async fn execute(
         Cmd::BwDigest => bw::digest(shared, args, out).await,
         Cmd::BwBuckets => bw::buckets(shared, args, out).await,
         Cmd::BwDebug => bw::debug(shared, args, out),
-        Cmd::Unknown => {
+        Cmd::BwAt | Cmd::BwFence | Cmd::Unknown => {
             unknown(args, out);
             Ok(Flow::default())
-        }
-    };
-    match result {
-        Ok(flow) => flow,
-        Err(StorageError::OutOfMemory { .. }) => {
-            // Redis's wording, so clients that handle OOM recognise it.
-            encode::error(
-                out,
-                "OOM command not allowed when used memory > 'maxmemory'.",
-            );
-            Flow::default()
-        }
-        Err(e) => {
-            tracing::error!(service = shared.name.as_str(), error = %e, "storage error");
-            encode::error(out, &format!("ERR storage: {e}"));
-            Flow::default()
         }
     }
 }
