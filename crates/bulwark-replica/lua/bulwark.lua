@@ -14,6 +14,16 @@ the reply shapes of the native BW.* commands of a `bulwark node`, and are called
     FCALL bw_digest  0 <cursor> <count>
     FCALL bw_buckets 0 <cursor> <count> <bucket> [<bucket> ...]
     FCALL bw_format  0                      -> layout version (integer)
+    FCALL bw_fence   0 <layout>             -> the layout fence in force (integer)
+    FCALL bw_at      1 <key> <layout> <op> <op's arguments>
+                     op: get, put, prepare, commit, abort or repair; op's reply, or
+                     STALE_LAYOUT when <layout> is older than the fence
+
+Layout fencing (docs/design/sharding.md, section 3), as on a node: a call routed with a
+layout older than the fence is refused and changes nothing; the fence only rises. It is
+kept in the string key "bw!fence", outside the "bw:" namespace of user keys, so it is as
+durable as the server's appendfsync makes it; a function runs alone, so a fence never
+overlaps a call it fences.
 
 Each call runs atomically (Redis runs one function at a time), so no WATCH/MULTI is needed.
 Durability is the server's `appendfsync` policy: replicas used for CP or quorum writes must
@@ -267,6 +277,55 @@ local function bw_format(keys, args)
   return FORMAT
 end
 
+local FENCE = 'bw!fence'
+
+-- A layout version: decimal digits, small enough for a Lua number to hold exactly.
+local function layout_arg(s)
+  if type(s) ~= 'string' or #s > 15 or not string.match(s, '^[0-9]+$') then
+    return nil
+  end
+  return tonumber(s)
+end
+
+local function fence_now()
+  return tonumber(redis.call('GET', FENCE) or '0')
+end
+
+local function bw_fence(keys, args)
+  local layout = layout_arg(args[1])
+  if #keys ~= 0 or #args ~= 1 or not layout then
+    return redis.error_reply('ERR invalid layout version: expected a decimal number')
+  end
+  local min = fence_now()
+  if layout > min then
+    redis.call('SET', FENCE, string.format('%d', layout))
+    min = layout
+  end
+  return min
+end
+
+local FENCED = {
+  get = bw_get, put = bw_put, prepare = bw_prepare,
+  commit = bw_commit, abort = bw_abort, repair = bw_repair,
+}
+
+local function bw_at(keys, args)
+  local layout = layout_arg(args[1])
+  if not layout then
+    return redis.error_reply('ERR invalid layout version: expected a decimal number')
+  end
+  local op = FENCED[args[2]]
+  if not op then
+    return redis.error_reply('ERR bw_at carries get, put, prepare, commit, abort or repair')
+  end
+  local min = fence_now()
+  if layout < min then
+    return redis.error_reply(string.format(
+      'STALE_LAYOUT %d (this call was routed with layout %d)', min, layout))
+  end
+  return op(keys, { unpack(args, 3) })
+end
+
 redis.register_function{ function_name = 'bw_get', callback = bw_get, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'bw_put', callback = bw_put }
 redis.register_function{ function_name = 'bw_prepare', callback = bw_prepare }
@@ -276,3 +335,5 @@ redis.register_function{ function_name = 'bw_repair', callback = bw_repair }
 redis.register_function{ function_name = 'bw_digest', callback = bw_digest, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'bw_buckets', callback = bw_buckets, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'bw_format', callback = bw_format, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'bw_fence', callback = bw_fence }
+redis.register_function{ function_name = 'bw_at', callback = bw_at }

@@ -172,3 +172,81 @@ async fn native_commands_on_redis_are_server_errors() {
         .await
         .expect("the connection survives an error reply");
 }
+
+/// Layout fencing in the library, as on a node (docs/design/sharding.md, section 3):
+/// `bw_at` runs an operation only if its layout is not older than the fence; `bw_fence`
+/// raises the fence and never lowers it; a refused call changes nothing.
+#[tokio::test]
+async fn calls_routed_with_an_older_layout_are_refused_and_change_nothing() {
+    let (server, client) = start_redis().await;
+    client.get(b"warm-up").await.expect("loads the library");
+    let mut raw = raw(&server).await;
+    let fcall = |args: &[&str]| {
+        let mut cmd = redis::cmd("FCALL");
+        for a in args {
+            cmd.arg(*a);
+        }
+        cmd
+    };
+    let v1 = v(1).to_string();
+    let v2 = v(2).to_string();
+    let applied: Vec<redis::Value> = fcall(&["bw_at", "1", "k", "1", "put", &v1, "0", "one"])
+        .query_async(&mut raw)
+        .await
+        .expect("fenced put");
+    assert_eq!(applied[0], redis::Value::Int(1));
+    let fence: i64 = fcall(&["bw_fence", "0", "3"])
+        .query_async(&mut raw)
+        .await
+        .expect("fence");
+    assert_eq!(fence, 3);
+    let refused: redis::RedisResult<redis::Value> =
+        fcall(&["bw_at", "1", "k", "2", "put", &v2, "0", "two"])
+            .query_async(&mut raw)
+            .await;
+    let e = refused.unwrap_err().to_string();
+    assert!(
+        e.contains("STALE_LAYOUT") && e.contains("3 (this call was routed with layout 2)"),
+        "{e}"
+    );
+    let state = client.get(b"k").await.expect("get");
+    assert_eq!(
+        state.committed.map(|r| r.version),
+        Some(v(1)),
+        "nothing changed"
+    );
+    let fence: i64 = fcall(&["bw_fence", "0", "2"])
+        .query_async(&mut raw)
+        .await
+        .expect("fence");
+    assert_eq!(fence, 3, "never lowered");
+    let _: redis::Value = fcall(&["bw_at", "1", "k", "3", "put", &v2, "0", "two"])
+        .query_async(&mut raw)
+        .await
+        .expect("current layout");
+    assert_eq!(
+        client
+            .get(b"k")
+            .await
+            .expect("get")
+            .committed
+            .map(|r| r.version),
+        Some(v(2))
+    );
+    for (args, want) in [
+        (
+            vec!["bw_at", "1", "k", "x", "get"],
+            "invalid layout version",
+        ),
+        (
+            vec!["bw_at", "1", "k", "-1", "get"],
+            "invalid layout version",
+        ),
+        (vec!["bw_at", "1", "k", "5", "digest"], "bw_at carries"),
+        (vec!["bw_fence", "0", "+4"], "invalid layout version"),
+    ] {
+        let r: redis::RedisResult<redis::Value> = fcall(&args).query_async(&mut raw).await;
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
