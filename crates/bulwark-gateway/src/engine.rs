@@ -333,9 +333,10 @@ impl Engine {
             .collect()
     }
 
-    /// AP: last-write-wins put to every replica; success when one acknowledges. The
-    /// answer waits at most `AP_ACK_WAIT_MS` after the first acknowledgement for the other
-    /// replicas (so that a stopped replica is reported `behind` at once, while a slow or
+    /// AP: last-write-wins put to every replica of the key; success when `required` (W,
+    /// 1 unless the request asked for more) acknowledge, 504 unknown when fewer but some
+    /// did. The answer waits at most `AP_ACK_WAIT_MS` after the W-th acknowledgement for
+    /// the other replicas (so that a stopped replica is reported `behind` at once, while a slow or
     /// hung one does not hold the answer back); calls still in flight then are reported
     /// `pending` and finished in the background.
     async fn write_ap(
