@@ -137,10 +137,14 @@ fn placement(
     };
     let n = placement.replication_factor;
     if mode == Mode::Quorum && n < 3 {
+        let (setting, value) = match s.get("LAYOUT_FILE") {
+            Some(path) => ("LAYOUT_FILE", path.to_owned()),
+            None => ("REPLICATION_FACTOR", n.to_string()),
+        };
         return Err(ConfigError::invalid(
-            "REPLICATION_FACTOR",
-            &n.to_string(),
-            "quorum mode needs at least 3 replicas per key",
+            setting,
+            &value,
+            format!("quorum mode needs at least 3 replicas per key; the layout has N = {n}"),
         ));
     }
     placement
@@ -544,6 +548,15 @@ mod tests {
             let e = cfg(pairs).unwrap_err().to_string();
             assert!(e.contains(setting) && e.contains(what), "{e}");
         };
+        refused(
+            &[
+                ("LAYOUT_FILE", file),
+                ("REPLICAS", replicas),
+                ("MODE", "quorum"),
+            ],
+            "LAYOUT_FILE",
+            "quorum mode needs at least 3 replicas per key; the layout has N = 2",
+        );
         refused(
             &[
                 ("LAYOUT_FILE", file),
