@@ -54,10 +54,13 @@ async fn execute(client: &ControlClient, args: &CtlArgs) -> Result<ExitCode, Cli
             let ring = bulwark_placement::Ring::new(layout.target())
                 .map_err(|e| ClientError::BadResponse(format!("the layout served: {e}")))?;
             if args.json {
-                let shares: serde_json::Map<String, serde_json::Value> = (0..ring.node_count())
-                    .map(|i| {
+                let shares: serde_json::Map<String, serde_json::Value> = ring
+                    .shares()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, share)| {
                         let id = i as bulwark_placement::NodeId;
-                        (ring.name(id).to_owned(), ring.shares()[i].into())
+                        (ring.name(id).to_owned(), share.into())
                     })
                     .collect();
                 print_json(&serde_json::json!({"layout": layout, "shares": shares}));
@@ -264,6 +267,33 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
     use crate::topology::ServiceKind;
+
+    #[test]
+    fn shard_status_shows_the_layout_and_every_node_share() {
+        let layout = crate::topology::layout_of(
+            &(1..=6)
+                .map(|i| (format!("db_g{i}"), 6400 + i))
+                .collect::<Vec<_>>(),
+            3,
+        );
+        let ring = bulwark_placement::Ring::new(layout.target()).unwrap();
+        let table = shard_table(&layout, &ring);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "layout version 1 (stable): 6 nodes, N = 3, 150 virtual nodes per unit of weight"
+        );
+        assert!(lines[1].starts_with("NODE   ADDRESS"), "{table}");
+        assert_eq!(lines.len(), 8, "{table}");
+        let total: f64 = lines[2..]
+            .iter()
+            .map(|l| {
+                assert!(l.contains("127.0.0.1:64") && l.contains(" 150 "), "{l}");
+                l.split_whitespace().nth(5).unwrap().parse::<f64>().unwrap()
+            })
+            .sum();
+        assert!((total - 100.0).abs() < 0.5, "shares sum to 100 %: {table}");
+    }
 
     fn status(name: &str, state: State, code: Option<i32>) -> ServiceStatus {
         ServiceStatus {
