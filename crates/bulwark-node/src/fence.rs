@@ -9,6 +9,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{RwLock, RwLockReadGuard};
 
@@ -19,6 +20,8 @@ pub const FENCE_FILE: &str = "layout.fence";
 #[derive(Debug)]
 pub struct Fence {
     min: RwLock<u64>,
+    /// The same value, readable without waiting for a fence being raised (INFO).
+    shown: AtomicU64,
     path: PathBuf,
 }
 
@@ -37,6 +40,7 @@ impl Fence {
         };
         Ok(Fence {
             min: RwLock::new(min),
+            shown: AtomicU64::new(min),
             path,
         })
     }
@@ -61,13 +65,14 @@ impl Fence {
                 .await
                 .map_err(std::io::Error::other)??;
             *guard = layout;
+            self.shown.store(layout, Ordering::Relaxed);
         }
         Ok(*guard)
     }
 
-    /// The minimum now (INFO).
-    pub async fn current(&self) -> u64 {
-        *self.min.read().await
+    /// The minimum in force (INFO `layout_fence`).
+    pub fn current(&self) -> u64 {
+        self.shown.load(Ordering::Relaxed)
     }
 }
 
@@ -99,7 +104,7 @@ mod tests {
         assert_eq!(fence.admit(2).await.unwrap_err(), 3);
         assert!(fence.admit(3).await.is_ok());
         let again = Fence::open(dir.path()).unwrap();
-        assert_eq!(again.current().await, 3);
+        assert_eq!(again.current(), 3);
         std::fs::write(dir.path().join(FENCE_FILE), "three\n").unwrap();
         let e = Fence::open(dir.path()).unwrap_err();
         assert!(e.contains("layout.fence") && e.contains("three"), "{e}");

@@ -623,6 +623,8 @@ async fn calls_routed_with_an_older_layout_are_refused_and_change_nothing() {
     assert_eq!(applied[0], Value::Int(1));
     let fence: i64 = q(&mut c, &[b"BW.FENCE", b"2"]).await;
     assert_eq!(fence, 3, "a fence is never lowered");
+    let info: String = q(&mut c, &[b"INFO", b"server"]).await;
+    assert!(info.contains("layout_fence:3\r\n"), "{info}");
     let state: Vec<Value> = q(&mut c, &[b"BW.AT", b"4", b"BW.GET", b"k"]).await;
     assert_eq!(state[1], Value::BulkString(b"three".to_vec()));
     for (args, want) in [

@@ -154,12 +154,13 @@ pub(super) fn info(shared: &Shared, args: &[Bytes], out: &mut BytesMut) -> CmdRe
             s,
             "# Server\r\nredis_version:7.0.0\r\nbulwark_version:{}\r\nredis_mode:standalone\r\n\
              server_name:bulwark-node\r\nnode_name:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\n\
-             uptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n\r\n",
+             uptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nlayout_fence:{}\r\n\r\n",
             env!("CARGO_PKG_VERSION"),
             shared.name,
             std::process::id(),
             shared.port,
             uptime / 86_400,
+            shared.fence.current(),
         );
     }
     if wanted("clients") {
