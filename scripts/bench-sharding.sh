@@ -21,17 +21,10 @@ CONCURRENCY=${CONCURRENCY:-16}
 NODES=6
 
 cd "$(dirname "$0")/.."
-for tool in redis-cli curl python3; do
-  command -v "$tool" >/dev/null || { echo "bench-sharding: $tool is required" >&2; exit 1; }
-done
-
-echo "building the release binary…" >&2
-cargo build --release -q -p bulwark
-BULWARK=target/release/bulwark
-
 BENCH_NAME=bench-sharding
 # shellcheck source=lib/bench-common.sh
 source scripts/lib/bench-common.sh
+bench_setup redis-cli curl python3
 
 REPLICAS=""
 NODE_PIDS=()

@@ -19,17 +19,10 @@ ROUNDS=${ROUNDS:-3}
 CONCURRENCY=${CONCURRENCY:-16}
 
 cd "$(dirname "$0")/.."
-for tool in redis-cli curl python3 openssl; do
-  command -v "$tool" >/dev/null || { echo "bench-tls: $tool is required" >&2; exit 1; }
-done
-
-echo "building the release binary…" >&2
-cargo build --release -q -p bulwark
-BULWARK=target/release/bulwark
-
 BENCH_NAME=bench-tls
 # shellcheck source=lib/bench-common.sh
 source scripts/lib/bench-common.sh
+bench_setup redis-cli curl python3 openssl
 
 # A CA and one certificate for every server and client (server and client use).
 openssl ecparam -name prime256v1 -genkey -noout -out "$TMP/ca-key.pem" 2>/dev/null

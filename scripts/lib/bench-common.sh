@@ -1,6 +1,7 @@
 # Shared by scripts/bench-*.sh (sourced, not run): a temporary directory and the child
-# processes in PIDS, both cleaned up on exit; a free port; waiting for a RESP server.
-# The sourcing script sets BENCH_NAME (used in messages and the directory name).
+# processes in PIDS, both cleaned up on exit; the tools check and the release build
+# (bench_setup); a free port; waiting for a RESP server. The sourcing script sets
+# BENCH_NAME (used in messages and the directory name).
 
 TMP=$(mktemp -d -t "$BENCH_NAME.XXXXXX")
 PIDS=()
@@ -24,4 +25,14 @@ wait_ready() { # port
   done
   echo "$BENCH_NAME: nothing answers PING on port $1" >&2
   exit 1
+}
+
+bench_setup() { # tool… — each must be on PATH; then builds and sets BULWARK
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$BENCH_NAME: $tool is required" >&2; exit 1; }
+  done
+  echo "building the release binary…" >&2
+  cargo build --release -q -p bulwark
+  BULWARK=target/release/bulwark
 }

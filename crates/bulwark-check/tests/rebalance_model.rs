@@ -254,7 +254,6 @@ fn successors(s: &State, rules: &Rules) -> Result<Vec<State>, String> {
     }
     // The control plane and the mover.
     let c = s.ctl;
-    let fence = |n: &mut State, i: usize, v: u8| n.nodes[i].min = n.nodes[i].min.max(v);
     match c.phase {
         Phase::Stable => {
             let mut n = s.clone();
@@ -266,24 +265,7 @@ fn successors(s: &State, rules: &Rules) -> Result<Vec<State>, String> {
             };
             out.push(n);
         }
-        Phase::Fence2 => {
-            for i in 0..NODES {
-                let bit = 1u8 << i;
-                if ALL & bit != 0 && c.fenced & bit == 0 {
-                    let mut n = s.clone();
-                    fence(&mut n, i, 2);
-                    n.ctl.fenced |= bit;
-                    if n.ctl.fenced == ALL {
-                        n.ctl = Control {
-                            phase: Phase::Move,
-                            fenced: 0,
-                            ..n.ctl
-                        };
-                    }
-                    out.push(n);
-                }
-            }
-        }
+        Phase::Fence2 => fence_steps(s, 2, Phase::Move, &mut out),
         Phase::Move => {
             let read_done = satisfied(c.read, 1, rules, read_quorum);
             for i in 0..NODES {
@@ -313,20 +295,7 @@ fn successors(s: &State, rules: &Rules) -> Result<Vec<State>, String> {
                 }
             }
         }
-        Phase::Fence3 => {
-            for i in 0..NODES {
-                let bit = 1u8 << i;
-                if ALL & bit != 0 && c.fenced & bit == 0 {
-                    let mut n = s.clone();
-                    fence(&mut n, i, 3);
-                    n.ctl.fenced |= bit;
-                    if n.ctl.fenced == ALL {
-                        n.ctl.phase = Phase::Clean;
-                    }
-                    out.push(n);
-                }
-            }
-        }
+        Phase::Fence3 => fence_steps(s, 3, Phase::Clean, &mut out),
         Phase::Clean => {
             let mut n = s.clone();
             n.nodes[0].val = 0;
@@ -336,6 +305,24 @@ fn successors(s: &State, rules: &Rules) -> Result<Vec<State>, String> {
         Phase::Done => {}
     }
     Ok(out)
+}
+
+/// One node not yet fenced acknowledges fence `v`; once every node has, the control plane
+/// goes on to `next`.
+fn fence_steps(s: &State, v: u8, next: Phase, out: &mut Vec<State>) {
+    for i in 0..NODES {
+        let bit = 1u8 << i;
+        if ALL & bit != 0 && s.ctl.fenced & bit == 0 {
+            let mut n = s.clone();
+            n.nodes[i].min = n.nodes[i].min.max(v);
+            n.ctl.fenced |= bit;
+            if n.ctl.fenced == ALL {
+                n.ctl.phase = next;
+                n.ctl.fenced = 0;
+            }
+            out.push(n);
+        }
+    }
 }
 
 /// Breadth-first over every reachable state: the number of states, or the first

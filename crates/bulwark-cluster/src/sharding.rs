@@ -166,21 +166,11 @@ async fn ring(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_placement::NodeSpec;
-
-    fn placement(m: usize, n: usize) -> Placement {
-        Placement {
-            replication_factor: n,
-            vnodes: 150,
-            nodes: (1..=m)
-                .map(|i| NodeSpec {
-                    name: format!("db_g{i}"),
-                    addr: format!("127.0.0.1:{}", 6400 + i),
-                    weight: 1.0,
-                    zone: None,
-                })
-                .collect(),
-        }
+    /// The placement `up --replicas m --replication-factor n` asks for.
+    fn placement(m: u16, n: usize) -> Placement {
+        let replicas: Vec<(String, u16)> =
+            (1..=m).map(|i| (format!("db_g{i}"), 6400 + i)).collect();
+        crate::topology::layout_of(&replicas, n).target().clone()
     }
 
     #[test]

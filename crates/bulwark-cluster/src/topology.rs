@@ -509,12 +509,7 @@ pub fn layout_of(replicas: &[(String, u16)], n: usize) -> Layout {
             vnodes: bulwark_placement::DEFAULT_VNODES,
             nodes: replicas
                 .iter()
-                .map(|(name, port)| NodeSpec {
-                    name: name.clone(),
-                    addr: format!("127.0.0.1:{port}"),
-                    weight: 1.0,
-                    zone: None,
-                })
+                .map(|(name, port)| NodeSpec::new(name.clone(), format!("127.0.0.1:{port}")))
                 .collect(),
         }),
     }

@@ -367,10 +367,11 @@ impl AntiEntropy {
         for (key, mut present) in by_key {
             // A sharded key is compared among its own replicas only: a replica that does
             // not hold it is neither a source nor a target.
+            let owners = routing.replicas(&key);
             let holders: Vec<usize> = responders
                 .iter()
                 .copied()
-                .filter(|i| routing.holds(*i, &key))
+                .filter(|i| owners.contains(i))
                 .collect();
             if holders.len() < 2 {
                 continue;

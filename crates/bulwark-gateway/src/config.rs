@@ -124,12 +124,7 @@ fn placement(
                 vnodes: s.int_in("VNODES", DEFAULT_VNODES, 1..=MAX_VNODES)?,
                 nodes: replicas
                     .iter()
-                    .map(|r| NodeSpec {
-                        name: r.name.clone(),
-                        addr: r.addr.clone(),
-                        weight: 1.0,
-                        zone: None,
-                    })
+                    .map(|r| NodeSpec::new(r.name.clone(), r.addr.clone()))
                     .collect(),
             };
             (placement, 1)

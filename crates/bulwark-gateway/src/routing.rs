@@ -39,16 +39,6 @@ impl Routing {
             .collect()
     }
 
-    /// Whether replica `index` holds `key`.
-    pub fn holds(&self, index: usize, key: &[u8]) -> bool {
-        self.everywhere
-            || self
-                .ring
-                .replicas(key)
-                .iter()
-                .any(|id| usize::from(*id) == index)
-    }
-
     /// Every distinct replica set of the ring (for readiness: can each set be written?).
     pub fn sets(&self) -> impl Iterator<Item = &[u16]> {
         (0..self.ring.segment_count()).map(|i| self.ring.list(i))
@@ -61,17 +51,12 @@ mod tests {
     use bulwark_placement::NodeSpec;
 
     fn placement(m: usize, n: usize) -> Placement {
+        let nodes = (1..=m)
+            .map(|i| NodeSpec::new(format!("db_g{i}"), format!("127.0.0.1:{}", 6400 + i)))
+            .collect();
         Placement {
             replication_factor: n,
-            vnodes: 150,
-            nodes: (1..=m)
-                .map(|i| NodeSpec {
-                    name: format!("db_g{i}"),
-                    addr: format!("127.0.0.1:{}", 6400 + i),
-                    weight: 1.0,
-                    zone: None,
-                })
-                .collect(),
+            ..Placement::with_defaults(nodes)
         }
     }
 
@@ -80,7 +65,7 @@ mod tests {
         let r = Routing::new(&placement(3, 3)).unwrap();
         for key in [&b"a"[..], b"zz", b""] {
             assert_eq!(r.replicas(key), vec![0, 1, 2]);
-            assert!(r.holds(2, key));
+            assert!(r.replicas(key).contains(&2));
         }
     }
 
@@ -93,10 +78,13 @@ mod tests {
             let set = r.replicas(key.as_bytes());
             assert_eq!(set.len(), 3);
             for idx in &set {
-                assert!(r.holds(*idx, key.as_bytes()));
                 seen[*idx] += 1;
             }
-            assert_eq!((0..6).filter(|i| r.holds(*i, key.as_bytes())).count(), 3);
+            assert_eq!(
+                (0..6).filter(|i| set.contains(i)).count(),
+                3,
+                "three distinct replicas"
+            );
         }
         // 1800 replicas over 6 nodes: every node holds some, none holds most.
         assert!(seen.iter().all(|c| (200..=400).contains(c)), "{seen:?}");

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use bulwark_core::Version;
-use bulwark_replica::{Dialect, ReplicaClient, ReplicaSpec};
+use bulwark_replica::ReplicaClient;
 use bulwark_testkit::wait_for;
 use common::*;
 use serde_json::{Value, json};
@@ -27,29 +27,6 @@ fn v(n: u64) -> Version {
         logical: 0,
         writer: 42,
     }
-}
-
-/// Direct clients to the replicas, bypassing every gateway (as a gateway that crashed
-/// after writing to some replicas would have).
-fn direct(cluster: &TestCluster) -> Vec<ReplicaClient> {
-    let dialect = match cluster.backend {
-        Backend::Bulwark => Dialect::Bulwark,
-        Backend::Redis => Dialect::Redis,
-    };
-    cluster
-        .replicas
-        .iter()
-        .map(|r| {
-            ReplicaClient::new(
-                ReplicaSpec {
-                    name: r.name.clone(),
-                    addr: r.addr(),
-                },
-                dialect,
-                Duration::from_secs(5),
-            )
-        })
-        .collect()
 }
 
 async fn put(c: &ReplicaClient, key: &str, version: Version, value: Option<&str>) {
@@ -93,7 +70,7 @@ async fn every_kind_of_divergence_is_repaired_and_the_replicas_converge(backend:
     let gw = cluster
         .gateway("ap", &[("ANTI_ENTROPY_INTERVAL_SEC", "0")])
         .await;
-    let r = direct(&cluster);
+    let r = cluster.direct();
     // In sync everywhere: untouched.
     for c in &r {
         put(c, "same", v(1), Some("s")).await;
@@ -182,7 +159,7 @@ async fn conflicting_copies_without_a_majority_are_reported_not_written(backend:
     let gw = cluster
         .gateway("ap", &[("ANTI_ENTROPY_INTERVAL_SEC", "0")])
         .await;
-    let r = direct(&cluster);
+    let r = cluster.direct();
     put(&r[0], "split", v(1), Some("left")).await;
     put(&r[1], "split", v(1), Some("right")).await;
     put(&r[0], "fine", v(2), Some("x")).await;
@@ -207,7 +184,7 @@ async fn periodic_rounds_repair_keys_nobody_reads(backend: Backend) {
     let gw = cluster
         .gateway("ap", &[("ANTI_ENTROPY_INTERVAL_SEC", "1")])
         .await;
-    let r = direct(&cluster);
+    let r = cluster.direct();
     for i in 0..20 {
         put(&r[0], &format!("unread-{i}"), v(i), Some("payload")).await;
     }
@@ -244,7 +221,7 @@ async fn rounds_are_bounded_and_skip_replicas_whose_breaker_is_open(backend: Bac
             ],
         )
         .await;
-    let r = direct(&cluster);
+    let r = cluster.direct();
     for i in 0..25 {
         put(&r[0], &format!("bounded-{i}"), v(i), Some("p")).await;
     }

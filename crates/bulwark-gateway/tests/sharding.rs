@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bulwark_core::Version;
 use bulwark_placement::{NodeSpec, Placement, Ring};
-use bulwark_replica::{Dialect, ReplicaClient, ReplicaSpec};
+use bulwark_replica::ReplicaClient;
 use bulwark_testkit::wait_for;
 use common::*;
 use serde_json::{Value, json};
@@ -25,12 +25,7 @@ fn ring(cluster: &TestCluster) -> Ring {
         cluster
             .replicas
             .iter()
-            .map(|r| NodeSpec {
-                name: r.name.clone(),
-                addr: r.addr(),
-                weight: 1.0,
-                zone: None,
-            })
+            .map(|r| NodeSpec::new(r.name.clone(), r.addr()))
             .collect(),
     ))
     .expect("ring")
@@ -44,27 +39,6 @@ fn owners(ring: &Ring, key: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn direct(cluster: &TestCluster) -> Vec<ReplicaClient> {
-    let dialect = match cluster.backend {
-        Backend::Bulwark => Dialect::Bulwark,
-        Backend::Redis => Dialect::Redis,
-    };
-    cluster
-        .replicas
-        .iter()
-        .map(|r| {
-            ReplicaClient::new(
-                ReplicaSpec {
-                    name: r.name.clone(),
-                    addr: r.addr(),
-                },
-                dialect,
-                Duration::from_secs(5),
-            )
-        })
-        .collect()
 }
 
 /// The replicas holding a committed record of `key`, sorted.
@@ -89,7 +63,7 @@ async fn keys_live_on_their_replica_set_only(backend: Backend) {
     assert_eq!(ready["replication_factor"], 3);
     assert_eq!(ready["write_quorum"], 3);
 
-    let direct = direct(&cluster);
+    let direct = cluster.direct();
     let mut on_node = [0usize; 5];
     for i in 0..30 {
         let key = format!("user:{i}");
@@ -155,7 +129,7 @@ async fn anti_entropy_repairs_inside_a_replica_set_and_spreads_nothing(backend: 
         .gateway("ap", &[("ANTI_ENTROPY_INTERVAL_SEC", "0")])
         .await;
     let c = client();
-    let direct = direct(&cluster);
+    let direct = cluster.direct();
     let keys: Vec<String> = (0..20).map(|i| format!("ae:{i}")).collect();
     for key in &keys {
         let r = c

@@ -40,6 +40,18 @@ fn default_weight() -> f64 {
     1.0
 }
 
+impl NodeSpec {
+    /// A node of weight 1 and no zone.
+    pub fn new(name: impl Into<String>, addr: impl Into<String>) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            addr: addr.into(),
+            weight: default_weight(),
+            zone: None,
+        }
+    }
+}
+
 /// One ring's worth of configuration: the nodes, N and the virtual-node count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -353,12 +365,7 @@ mod tests {
     use super::*;
 
     fn node(i: usize) -> NodeSpec {
-        NodeSpec {
-            name: format!("db_g{i}"),
-            addr: format!("127.0.0.1:{}", 6400 + i),
-            weight: 1.0,
-            zone: None,
-        }
+        NodeSpec::new(format!("db_g{i}"), format!("127.0.0.1:{}", 6400 + i))
     }
 
     fn nodes(m: usize) -> Vec<NodeSpec> {

@@ -226,17 +226,12 @@ mod tests {
     use crate::layout::NodeSpec;
 
     fn placement(m: usize, n: usize) -> Placement {
+        let nodes = (1..=m)
+            .map(|i| NodeSpec::new(format!("db_g{i}"), format!("127.0.0.1:{}", 6400 + i)))
+            .collect();
         Placement {
             replication_factor: n,
-            vnodes: 150,
-            nodes: (1..=m)
-                .map(|i| NodeSpec {
-                    name: format!("db_g{i}"),
-                    addr: format!("127.0.0.1:{}", 6400 + i),
-                    weight: 1.0,
-                    zone: None,
-                })
-                .collect(),
+            ..Placement::with_defaults(nodes)
         }
     }
 

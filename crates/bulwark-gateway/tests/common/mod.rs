@@ -244,6 +244,28 @@ impl TestCluster {
             .join(",")
     }
 
+    /// Direct clients to the replicas, bypassing every gateway (as a gateway that crashed
+    /// after writing to some replicas would have).
+    pub fn direct(&self) -> Vec<bulwark_replica::ReplicaClient> {
+        let dialect = match self.backend {
+            Backend::Bulwark => bulwark_replica::Dialect::Bulwark,
+            Backend::Redis => bulwark_replica::Dialect::Redis,
+        };
+        self.replicas
+            .iter()
+            .map(|r| {
+                bulwark_replica::ReplicaClient::new(
+                    bulwark_replica::ReplicaSpec {
+                        name: r.name.clone(),
+                        addr: r.addr(),
+                    },
+                    dialect,
+                    Duration::from_secs(5),
+                )
+            })
+            .collect()
+    }
+
     /// A gateway in `mode` over this cluster, with test-friendly settings plus `extra`.
     pub async fn gateway(&self, mode: &str, extra: &[(&str, &str)]) -> TestGateway {
         let mut s: Vec<(&str, String)> = vec![
