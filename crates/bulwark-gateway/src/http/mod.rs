@@ -224,14 +224,7 @@ fn requested_mode(
     rid: &str,
 ) -> Result<Mode, ApiError> {
     let bad = |msg: String| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_CONSISTENCY", msg, rid);
-    let from_query: Vec<String> = query
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .filter(|(k, _)| k == "consistency")
-                .map(|(_, v)| v.into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let from_query = query_values(query, "consistency");
     let from_header: Vec<&str> = headers
         .get_all("x-consistency")
         .iter()
@@ -266,6 +259,14 @@ fn requested_mode(
             .parse()
             .map_err(|e: String| bad(format!("consistency {m:?}: {e}"))),
     }
+}
+
+/// Every value of query parameter `name`, in order (so a repeated one can be refused).
+fn query_values(query: Option<&str>, name: &str) -> Vec<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
 /// The session in the request's cookie, if any (invalid signatures count as none).

@@ -19,8 +19,8 @@ use crate::mode::{Mode, QuorumSize};
 
 use super::seed::bad_path;
 use super::{
-    ApiError, AppState, RequestId, limit_error, read_error, read_fields, requested_mode, session,
-    value_fields, version_header, write_response,
+    ApiError, AppState, RequestId, limit_error, query_values, read_error, read_fields,
+    requested_mode, session, value_fields, version_header, write_response,
 };
 
 /// JSON body of `PUT /v1/kv/{key}`: exactly one of `value` (text) or `value_base64`.
@@ -60,12 +60,7 @@ fn requested_quorum(
     rid: &str,
 ) -> Result<Option<usize>, ApiError> {
     let bad = |status: StatusCode, msg: String| ApiError::new(status, "INVALID_QUORUM", msg, rid);
-    let values = |name: &str| -> Vec<String> {
-        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-            .collect()
-    };
+    let values = |name: &str| query_values(query, name);
     let other = match side {
         Side::Read => Side::Write,
         Side::Write => Side::Read,
